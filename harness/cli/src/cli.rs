@@ -1,0 +1,207 @@
+//! Command-line definitions. The help texts are the user's first manual: they say what each
+//! option changes and what its default is.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// protbench: a benchmark harness for deep-learning model protection.
+///
+/// Trains victim CNNs, protects them, attacks them, and tabulates accuracy, overhead and
+/// robustness. Start with `harness list`, get data with `harness data fetch cifar10` (or point
+/// --data-dir at a copy), then `harness train`.
+#[derive(Parser, Debug)]
+#[command(name = "harness", version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model of the zoo on a dataset, evaluate it on the test split, save the weights.
+    ///
+    /// Example: harness train --dataset cifar10 --model resnet20 --epochs 30 --out r20.safetensors
+    Train(TrainArgs),
+    /// Evaluate saved weights on a dataset's test split (top-1, top-5, loss).
+    ///
+    /// Example: harness eval --dataset cifar10 --model resnet20 --weights r20.safetensors
+    Eval(EvalArgs),
+    /// Fetch datasets from their official sources, or show what is where.
+    Data(DataArgs),
+    /// List the datasets and models this build knows.
+    List(ListArgs),
+}
+
+/// Where data lives and how it is loaded; shared by every command that reads a dataset.
+#[derive(Args, Debug, Clone)]
+pub struct DataOpts {
+    /// Dataset id: cifar10, cifar100, cifar100-coarse, tiny-imagenet, synthetic, or
+    /// image-folder:PATH (PATH/{train,test}/<class>/*.jpg|png).
+    #[arg(long, short = 'd')]
+    pub dataset: String,
+    /// Root folder holding datasets under their standard names (cifar-10-batches-bin/ or
+    /// cifar10/, cifar-100-binary/, tiny-imagenet-200/). Default: $HARNESS_DATA, else the
+    /// platform cache folder (~/.cache/protbench/data on Linux).
+    #[arg(long, env = "HARNESS_DATA", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Do not read or write the decoded-image cache ($HARNESS_CACHE, else ~/.cache/protbench/decoded).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Evaluate on at most N test images (a class-balanced, seeded subset). Default: all.
+    #[arg(long, value_name = "N")]
+    pub test_limit: Option<usize>,
+}
+
+/// Model selection; shared by train and eval.
+#[derive(Args, Debug, Clone)]
+pub struct ModelOpts {
+    /// Model id: resnet20, resnet56, vgg11, vgg16, vgg19, vgg-small, mobilenet-v2 (see `harness list`).
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Channel width multiplier for VGG and MobileNetV2 (e.g. 0.25 keeps CPU runs small).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+}
+
+/// Options common to every command that computes.
+#[derive(Args, Debug, Clone)]
+pub struct RunOpts {
+    /// Compute device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print the result as one JSON object on the last line of stdout (logs stay on stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars or per-epoch lines on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// `harness train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataOpts,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub run: RunOpts,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Images per SGD step.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Base learning rate (the schedule scales it per step).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Use classical instead of Nesterov momentum.
+    #[arg(long)]
+    pub no_nesterov: bool,
+    /// L2 weight decay (applied to all parameters, as PyTorch's SGD does).
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// Learning-rate schedule: cosine, one-cycle, constant, or multi-step:E1,E2 (x0.1 at each).
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Linear warm-up length in epochs for the cosine schedule.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f64,
+    /// Turn off random-crop (4-pixel padding) and horizontal-flip augmentation.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Train on at most N images (a class-balanced, seeded subset). Default: the whole split.
+    #[arg(long, value_name = "N")]
+    pub train_limit: Option<usize>,
+    /// Seed for weights, subset choice, shuffling and augmentation: same seed, same run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluate on the test split after every epoch (slower; the final evaluation always runs).
+    #[arg(long)]
+    pub eval_every_epoch: bool,
+    /// Save a checkpoint here after every epoch; if it exists, resume from it.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Where to write the trained weights (safetensors with PyTorch state-dict names); a
+    /// FILE.json with the run's settings and results is written beside it.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `harness eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub data: DataOpts,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    #[command(flatten)]
+    pub run: RunOpts,
+    /// Weights to evaluate (safetensors; PyTorch state-dict names, e.g. from `harness train` or
+    /// `safetensors.torch.save_file(model.state_dict(), ...)`).
+    #[arg(long, short = 'w', value_name = "FILE")]
+    pub weights: PathBuf,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Seed of the test subset when --test-limit is given.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `harness data`.
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    /// What to do with data.
+    #[command(subcommand)]
+    pub action: DataAction,
+}
+
+/// `harness data ...` actions.
+#[derive(Subcommand, Debug)]
+pub enum DataAction {
+    /// Download a dataset from its official URL, verify the published checksum, unpack it into
+    /// the data folder. Example: harness data fetch cifar10 --data-dir ~/data
+    Fetch {
+        /// cifar10, cifar100 or tiny-imagenet.
+        name: String,
+        /// Target root folder (default: $HARNESS_DATA, else ~/.cache/protbench/data).
+        #[arg(long, env = "HARNESS_DATA", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Fetch from a mirror: FILE is taken from URL/FILE instead of the official host.
+        #[arg(long, env = "HARNESS_DATA_BASE_URL", value_name = "URL")]
+        base_url: Option<String>,
+        /// Download again even when the dataset is present.
+        #[arg(long)]
+        force: bool,
+        /// No progress bar.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Show a dataset's layout, classes, normalisation, and (when present) image counts and
+    /// load times.
+    Info {
+        /// Dataset id (see `harness list`).
+        name: String,
+        /// Root folder (default: $HARNESS_DATA, else ~/.cache/protbench/data).
+        #[arg(long, env = "HARNESS_DATA", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Print one JSON object on the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `harness list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Print one JSON object on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}

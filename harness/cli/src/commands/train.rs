@@ -1,0 +1,133 @@
+//! `harness train`: train a zoo model, evaluate it on the test split, save it.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use datasets::Split;
+use datasets::augment::Augment;
+use harness_core::train::{CrossEntropy, Schedule, SgdConfig, TrainConfig, TrainOptions, train};
+use serde_json::json;
+
+use super::setup::{build_model, limit, load_split, print_json};
+use crate::cli::TrainArgs;
+use crate::provenance::Provenance;
+
+/// Runs the command.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let wall = Instant::now();
+    let device = crate::device::parse(&args.run.device)?;
+    let progress = !args.run.quiet;
+    if args.epochs == 0 {
+        return Err(crate::exit::UsageError("--epochs must be at least 1".into()).into());
+    }
+    let mut schedule = Schedule::parse(&args.schedule)?;
+    if let Schedule::Cosine { warmup_epochs } = &mut schedule {
+        *warmup_epochs = args.warmup_epochs;
+    }
+
+    let train_data = load_split(&args.data, Split::Train, progress)?;
+    let test_data = load_split(&args.data, Split::Test, progress)?;
+    let normalization = train_data.id.info().normalization;
+    let train_set = limit(train_data.set, args.train_limit, args.seed)?;
+    let test_set = limit(test_data.set, args.data.test_limit, args.seed)?;
+
+    let (spec, params, model) = build_model(&args.model, &train_set, args.seed, &device)?;
+    let cfg = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        sgd: SgdConfig {
+            lr: args.lr,
+            momentum: args.momentum,
+            nesterov: !args.no_nesterov,
+            weight_decay: args.weight_decay,
+        },
+        schedule,
+        augment: (!args.no_augment).then(Augment::default),
+        normalization: Some(normalization),
+        seed: args.seed,
+    };
+    if progress {
+        eprintln!(
+            "training {} ({} parameters) on {} images of {}, testing on {}",
+            spec.arch.id(),
+            params.num_parameters(),
+            train_set.len(),
+            train_data.id,
+            test_set.len()
+        );
+    }
+    let opts = TrainOptions {
+        progress,
+        log_epochs: progress,
+        checkpoint: args.checkpoint.clone(),
+        eval_set: args.eval_every_epoch.then_some(&test_set),
+        stop_after_epochs: None,
+    };
+    let report = train(&*model, &params, &train_set, &cfg, &CrossEntropy, &opts, &device)?;
+    let eval = harness_core::eval::evaluate(
+        &*model,
+        &test_set,
+        Some(&normalization),
+        args.batch_size.max(256),
+        &device,
+    )?;
+    params
+        .save(&args.out)
+        .with_context(|| format!("failed to save the weights to {}", args.out.display()))?;
+
+    let result = json!({
+        "command": "train",
+        "dataset": train_data.id.id(),
+        "model": spec.arch.id(),
+        "model_spec": spec,
+        "parameters": params.num_parameters(),
+        "test_accuracy": eval.top1,
+        "test_top5_accuracy": eval.top5,
+        "test_loss": eval.loss,
+        "test_images": eval.images,
+        "epochs": report.history.len(),
+        "train_images": train_set.len(),
+        "images_seen": report.images_seen,
+        "train_seconds": report.train_seconds,
+        "images_per_second": report.images_per_second,
+        "resumed_from_epoch": report.resumed_from_epoch,
+        "data_load_seconds": train_data.seconds + test_data.seconds,
+        "wall_seconds": wall.elapsed().as_secs_f64(),
+        "seed": args.seed,
+        "config": cfg,
+        "history": report.history,
+        "weights": args.out,
+        "provenance": Provenance::collect(&device),
+    });
+    let card = args.out.with_extension("json");
+    write_json_atomically(&card, &result)?;
+    if args.run.json {
+        print_json(&result)?;
+    } else {
+        println!(
+            "test accuracy {:.4} (top-5 {:.4}) on {} images; {} epochs on {} images in {:.1} s ({:.0} img/s)",
+            eval.top1,
+            eval.top5,
+            eval.images,
+            report.history.len(),
+            train_set.len(),
+            report.train_seconds,
+            report.images_per_second
+        );
+        println!("weights: {}  run card: {}", args.out.display(), card.display());
+    }
+    Ok(())
+}
+
+fn write_json_atomically(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("failed to create a temporary file in {}", dir.display()))?;
+    serde_json::to_writer_pretty(&mut tmp, value)?;
+    tmp.persist(path)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! `harness`: the protbench command line. `main` reads like the pipeline: parse, dispatch, map
+//! the outcome to an exit code (0 ok, 1 failure, 2 usage or configuration error).
+
+mod cli;
+mod commands;
+mod device;
+mod exit;
+mod provenance;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Train(args) => commands::train::run(args),
+        cli::Command::Eval(args) => commands::eval::run(args),
+        cli::Command::Data(args) => commands::data::run(args),
+        cli::Command::List(args) => commands::list::run(args),
+    };
+    exit::report(result)
+}

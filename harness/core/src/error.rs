@@ -1,0 +1,105 @@
+use std::path::PathBuf;
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the engine. Messages are lowercase fragments that read after "failed to ...: " and
+/// name the file, tensor or option to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A model id that the zoo does not have.
+    #[error("unknown model `{name}`{}; available: {}", did_you_mean(.suggestions), .available.join(", "))]
+    UnknownModel {
+        /// What the user asked for.
+        name: String,
+        /// The closest valid ids, best first.
+        suggestions: Vec<String>,
+        /// Every valid id.
+        available: Vec<String>,
+    },
+    /// A weights file lacks a tensor the model needs.
+    #[error("{}: missing tensor `{name}` (is this file for a different model or width?)", .path.display())]
+    MissingTensor {
+        /// The weights file.
+        path: PathBuf,
+        /// The parameter name, PyTorch style.
+        name: String,
+    },
+    /// A weights file has a tensor of the wrong shape.
+    #[error("{}: tensor `{name}` has shape {found:?}, the model expects {expected:?}", .path.display())]
+    ShapeMismatch {
+        /// The weights file.
+        path: PathBuf,
+        /// The parameter name.
+        name: String,
+        /// Shape the model expects.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<usize>,
+    },
+    /// A weights file has tensors the model does not know (strict loading, as PyTorch's default).
+    #[error("{}: unexpected tensors {names:?} (is this file for a different model?)", .path.display())]
+    UnexpectedTensors {
+        /// The weights file.
+        path: PathBuf,
+        /// The unknown names (at most a few).
+        names: Vec<String>,
+    },
+    /// A file that is not valid safetensors, or a checkpoint whose metadata is wrong.
+    #[error("{}: {message}", .path.display())]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An I/O error on a named path.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An invalid setting (a zero batch size, an empty dataset, a schedule that makes no sense).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A data error from the datasets crate.
+    #[error(transparent)]
+    Data(#[from] datasets::DataError),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Formats " (did you mean `x`?)" for a list of suggestions, or nothing when there are none.
+pub(crate) fn did_you_mean(suggestions: &[String]) -> String {
+    match suggestions {
+        [] => String::new(),
+        [one] => format!(" (did you mean `{one}`?)"),
+        many => format!(" (did you mean one of `{}`?)", many.join("`, `")),
+    }
+}
+
+/// The valid names closest to `name` (Jaro-Winkler similarity above 0.7, best first, at most 3),
+/// for "did you mean" answers throughout the harness.
+pub fn suggest<'a>(name: &str, valid: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut scored: Vec<(f64, &str)> = valid
+        .into_iter()
+        .map(|v| (strsim::jaro_winkler(&name.to_lowercase(), v), v))
+        .filter(|(s, _)| *s > 0.7)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.into_iter().take(3).map(|(_, v)| v.to_string()).collect()
+}
+
+impl Error {
+    /// Shorthand for an [`Error::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

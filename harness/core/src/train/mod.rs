@@ -1,0 +1,14 @@
+//! Training: the optimiser, learning-rate schedules, objectives, the loop with progress and
+//! resumable checkpoints.
+
+mod checkpoint;
+mod objective;
+mod schedule;
+mod sgd;
+mod trainer;
+
+pub use checkpoint::Checkpoint;
+pub use objective::{CrossEntropy, Objective, StepLoss, correct_count};
+pub use schedule::Schedule;
+pub use sgd::{Sgd, SgdConfig};
+pub use trainer::{EpochStats, TrainConfig, TrainOptions, TrainReport, train};

@@ -1,0 +1,265 @@
+//! The training loop shared by victims, attackers and protections.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Device;
+use datasets::ImageSet;
+use datasets::augment::Augment;
+use datasets::batch::{BatchConfig, epoch_batches, num_batches};
+use datasets::catalog::Normalization;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::checkpoint::Checkpoint;
+use super::{Objective, Schedule, Sgd, SgdConfig};
+use crate::eval::{EvalReport, evaluate};
+use crate::{Error, Model, ParamStore, Result};
+
+/// Everything that shapes a training run's result. Recorded with results and folded into the
+/// checkpoint fingerprint, so a resumed run is the same run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per optimisation step.
+    pub batch_size: usize,
+    /// Optimiser settings (the learning rate is the schedule's base).
+    pub sgd: SgdConfig,
+    /// Learning-rate schedule, evaluated per step.
+    pub schedule: Schedule,
+    /// Random crop and flip; `None` trains on the images as they are.
+    pub augment: Option<Augment>,
+    /// Per-channel normalisation applied after scaling pixels to 0..1.
+    pub normalization: Option<Normalization>,
+    /// Seed of the shuffling and augmentation streams (weights take their own seed).
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    /// The standard CIFAR recipe: SGD 0.1, Nesterov momentum 0.9, weight decay 5e-4, cosine,
+    /// batch 128, crop + flip.
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 128,
+            sgd: SgdConfig::default(),
+            schedule: Schedule::default(),
+            augment: Some(Augment::default()),
+            normalization: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Knobs that do not change the result.
+#[derive(Default)]
+pub struct TrainOptions<'a> {
+    /// Show a progress bar with images per second on stderr.
+    pub progress: bool,
+    /// Print one summary line per epoch on stderr.
+    pub log_epochs: bool,
+    /// Save a checkpoint here after every epoch and resume from it when it exists.
+    pub checkpoint: Option<PathBuf>,
+    /// Evaluate on this set after every epoch (classification only).
+    pub eval_set: Option<&'a ImageSet>,
+    /// Stop after this many epochs in this process (with a checkpoint, a later call resumes):
+    /// for time-sliced jobs on preemptible machines.
+    pub stop_after_epochs: Option<usize>,
+}
+
+/// What happened in one epoch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochStats {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Fraction of training images predicted right while training (augmented, train mode).
+    pub train_accuracy: Option<f64>,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Wall time of the epoch's training steps.
+    pub seconds: f64,
+    /// Training throughput over the epoch.
+    pub images_per_second: f64,
+    /// Evaluation after the epoch, when an eval set was given.
+    pub eval: Option<EvalReport>,
+}
+
+/// The outcome of a run: per-epoch history and overall throughput.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainReport {
+    /// One entry per epoch, including epochs restored from a checkpoint.
+    pub history: Vec<EpochStats>,
+    /// Images seen by the optimiser (all epochs, including restored ones).
+    pub images_seen: usize,
+    /// Training wall time of the epochs run in this process (evaluation excluded).
+    pub train_seconds: f64,
+    /// Images per second over the epochs run in this process.
+    pub images_per_second: f64,
+    /// Epoch from which this process resumed (0 for a fresh run).
+    pub resumed_from_epoch: usize,
+}
+
+/// Trains `model` (whose variables live in `params`) on `set` with `objective`.
+///
+/// Deterministic for a given seed, configuration and thread count: shuffling and augmentation
+/// are derived from `(cfg.seed, epoch)`, and initial weights from the `ParamStore`'s seed.
+pub fn train(
+    model: &dyn Model,
+    params: &ParamStore,
+    set: &ImageSet,
+    cfg: &TrainConfig,
+    objective: &dyn Objective,
+    opts: &TrainOptions<'_>,
+    device: &Device,
+) -> Result<TrainReport> {
+    if cfg.batch_size == 0 {
+        return Err(Error::Config("batch size must be at least 1".into()));
+    }
+    if set.is_empty() {
+        return Err(Error::Config("the training set is empty".into()));
+    }
+    let batch_cfg = BatchConfig {
+        batch_size: cfg.batch_size,
+        shuffle: true,
+        // Keep every image: small --train-limit runs would otherwise lose a large share.
+        drop_last: false,
+        augment: cfg.augment,
+        normalization: cfg.normalization,
+    };
+    let steps_per_epoch = num_batches(set.len(), &batch_cfg);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let mut opt = Sgd::new(params.trainable(), cfg.sgd)?;
+
+    let fingerprint = Checkpoint::fingerprint(cfg, model.spec(), objective, set);
+    let mut history = Vec::new();
+    if let Some(path) = opts.checkpoint.as_ref().filter(|p| p.exists()) {
+        let ckpt = Checkpoint::load(path, device)?;
+        ckpt.restore(&fingerprint, params, &mut opt)?;
+        history = ckpt.history;
+        if opts.log_epochs {
+            eprintln!(
+                "resuming from {} after epoch {}/{}",
+                path.display(),
+                history.len(),
+                cfg.epochs
+            );
+        }
+    }
+    let resumed_from_epoch = history.len();
+
+    let mut train_seconds = 0.0;
+    let mut images_this_run = 0usize;
+    let last_epoch = match opts.stop_after_epochs {
+        Some(n) => (resumed_from_epoch + n).min(cfg.epochs),
+        None => cfg.epochs,
+    };
+    for epoch in resumed_from_epoch..last_epoch {
+        let bar = epoch_bar(opts.progress, steps_per_epoch, epoch, cfg.epochs);
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut counted, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
+        let mut lr = cfg.sgd.lr;
+        for (i, batch) in epoch_batches(set, &batch_cfg, cfg.seed, epoch as u64, device)?.enumerate() {
+            let batch = batch?;
+            let step = epoch * steps_per_epoch + i;
+            lr = cfg.schedule.lr_at(cfg.sgd.lr, step, total_steps, steps_per_epoch);
+            opt.set_learning_rate(lr);
+            let out = objective.loss(model, &batch)?;
+            opt.backward_step(&out.loss)?;
+            let n = batch.indices.len();
+            let loss = out.loss.to_scalar::<f32>()? as f64;
+            if !loss.is_finite() {
+                return Err(Error::Config(format!(
+                    "training diverged: loss is {loss} at epoch {} step {}; lower --lr",
+                    epoch + 1,
+                    i + 1
+                )));
+            }
+            loss_sum += loss * n as f64;
+            seen += n;
+            if let Some(c) = out.correct {
+                correct += c;
+                counted += n;
+            }
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.3}  {:.0} img/s  lr {lr:.4}",
+                loss_sum / seen as f64,
+                seen as f64 / secs
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let seconds = start.elapsed().as_secs_f64();
+        train_seconds += seconds;
+        images_this_run += seen;
+        let eval = match opts.eval_set {
+            Some(eval_set) => Some(evaluate(
+                model,
+                eval_set,
+                cfg.normalization.as_ref(),
+                cfg.batch_size.max(256),
+                device,
+            )?),
+            None => None,
+        };
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: (counted > 0).then(|| correct as f64 / counted as f64),
+            lr,
+            seconds,
+            images_per_second: seen as f64 / seconds.max(1e-9),
+            eval,
+        };
+        if opts.log_epochs {
+            eprintln!("{}", format_epoch(&stats, cfg.epochs));
+        }
+        history.push(stats);
+        if let Some(path) = &opts.checkpoint {
+            Checkpoint::save(path, &fingerprint, &history, params, &opt)?;
+        }
+    }
+    let images_seen = set.len() * history.len();
+    Ok(TrainReport {
+        history,
+        images_seen,
+        train_seconds,
+        images_per_second: images_this_run as f64 / train_seconds.max(1e-9),
+        resumed_from_epoch,
+    })
+}
+
+fn epoch_bar(show: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps as u64);
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} (eta {eta})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+    bar
+}
+
+fn format_epoch(s: &EpochStats, epochs: usize) -> String {
+    let mut line = format!(
+        "epoch {:>3}/{epochs}  loss {:.4}",
+        s.epoch, s.train_loss
+    );
+    if let Some(acc) = s.train_accuracy {
+        line.push_str(&format!("  train-acc {acc:.4}"));
+    }
+    line.push_str(&format!(
+        "  lr {:.5}  {:.0} img/s  {:.1}s",
+        s.lr, s.images_per_second, s.seconds
+    ));
+    if let Some(e) = &s.eval {
+        line.push_str(&format!("  test-acc {:.4}  test-loss {:.4}", e.top1, e.loss));
+    }
+    line
+}
