@@ -48,11 +48,11 @@ pub fn augment_into(
         src.len(),
         dst.len()
     );
-    let p = aug.crop_padding as isize;
+    let p = aug.crop_padding as i64;
     let (dy, dx) = if p > 0 {
         (
-            rng.random_range(0..=2 * p) - p,
-            rng.random_range(0..=2 * p) - p,
+            (rng.random_range(0..=2 * p) - p) as isize,
+            (rng.random_range(0..=2 * p) - p) as isize,
         )
     } else {
         (0, 0)
@@ -72,7 +72,11 @@ pub fn augment_into(
             let row_src = &plane_src[(sy * wi) as usize..((sy + 1) * wi) as usize];
             for (x, out) in row_dst.iter_mut().enumerate() {
                 // The flip mirrors the cropped image: output column x shows crop column w-1-x.
-                let cx = if flip { wi - 1 - x as isize } else { x as isize };
+                let cx = if flip {
+                    wi - 1 - x as isize
+                } else {
+                    x as isize
+                };
                 let sx = cx + dx;
                 *out = if sx < 0 || sx >= wi {
                     0
@@ -102,7 +106,15 @@ mod tests {
             crop_padding: 0,
             horizontal_flip: false,
         };
-        augment_into(&src, 3, 5, 7, &aug, &mut ChaCha8Rng::seed_from_u64(1), &mut dst);
+        augment_into(
+            &src,
+            3,
+            5,
+            7,
+            &aug,
+            &mut ChaCha8Rng::seed_from_u64(1),
+            &mut dst,
+        );
         assert_eq!(src, dst);
     }
 

@@ -88,7 +88,9 @@ pub fn epoch_batches<'a>(
     device: &'a Device,
 ) -> Result<impl Iterator<Item = Result<Batch>> + 'a> {
     if cfg.batch_size == 0 {
-        return Err(DataError::InvalidOption("batch size must be at least 1".into()));
+        return Err(DataError::InvalidOption(
+            "batch size must be at least 1".into(),
+        ));
     }
     if set.is_empty() {
         return Err(DataError::InvalidOption(
@@ -304,5 +306,11 @@ mod tests {
         let empty = s.select(&[]);
         assert!(epoch_batches(&empty, &cfg(2), 0, 0, &Device::Cpu).is_err());
         assert!(to_tensor(&s, &[3], None, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn empty_selection_gives_an_empty_tensor() {
+        let t = to_tensor(&set(2), &[], None, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[0, 3, 4, 4]);
     }
 }

@@ -22,7 +22,7 @@
 //! | labels (u32 each) | 4·N |
 //! | sha256 of every byte above | 32 |
 
-use crate::catalog::{Loaded, LoadOptions, Origin};
+use crate::catalog::{LoadOptions, Loaded, Origin};
 use crate::{DataError, ImageSet, Result, Split};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -189,6 +189,14 @@ pub fn write_set(path: &Path, key: &str, set: &ImageSet) -> Result<()> {
         w.inner.write_all(&digest).map_err(io)?;
         w.inner.flush().map_err(io)?;
     }
+    // Readable by others like any cache file (temporary files start out private).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
     tmp.persist(path)
         .map_err(|e| DataError::io(path, e.error))?;
     Ok(())
@@ -347,15 +355,19 @@ impl CacheReader<'_> {
     }
 
     /// Fills `buf` from the file, hashing it.
+    /// Large buffers are read and hashed in chunks, so each chunk is hashed while it is still
+    /// in the CPU cache.
     fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
-        if let Err(e) = self.inner.read_exact(buf) {
-            return Err(self.bad(format!(
-                "truncated at byte {} while reading the {what} ({e}); the file has {} bytes",
-                self.pos, self.file_len
-            )));
+        for chunk in buf.chunks_mut(1 << 20) {
+            if let Err(e) = self.inner.read_exact(chunk) {
+                return Err(self.bad(format!(
+                    "truncated at byte {} while reading the {what} ({e}); the file has {} bytes",
+                    self.pos, self.file_len
+                )));
+            }
+            self.hasher.update(&*chunk);
+            self.pos += chunk.len() as u64;
         }
-        self.hasher.update(&*buf);
-        self.pos += buf.len() as u64;
         Ok(())
     }
 
@@ -476,11 +488,32 @@ mod tests {
         };
         let k = |s: &SourceFile| cache_key("d", Split::Train, std::slice::from_ref(s));
         let k0 = k(&base);
-        assert_ne!(k0, k(&SourceFile { size: 11, ..base.clone() }));
-        assert_ne!(k0, k(&SourceFile { mtime_ns: 6, ..base.clone() }));
-        assert_ne!(k0, k(&SourceFile { rel: "a/c.jpg".into(), ..base.clone() }));
+        assert_ne!(
+            k0,
+            k(&SourceFile {
+                size: 11,
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k0,
+            k(&SourceFile {
+                mtime_ns: 6,
+                ..base.clone()
+            })
+        );
+        assert_ne!(
+            k0,
+            k(&SourceFile {
+                rel: "a/c.jpg".into(),
+                ..base.clone()
+            })
+        );
         assert_ne!(k0, cache_key("d", Split::Test, std::slice::from_ref(&base)));
-        assert_ne!(k0, cache_key("e", Split::Train, std::slice::from_ref(&base)));
+        assert_ne!(
+            k0,
+            cache_key("e", Split::Train, std::slice::from_ref(&base))
+        );
         assert_eq!(k0.len(), 64);
     }
 
@@ -494,7 +527,10 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
             std::fs::write(&path, &bad).unwrap();
-            assert!(read_set(&path, &key()).is_err(), "flip at byte {i} accepted");
+            assert!(
+                read_set(&path, &key()).is_err(),
+                "flip at byte {i} accepted"
+            );
         }
         for len in [0, 7, 50, good.len() - 1] {
             std::fs::write(&path, &good[..len]).unwrap();
@@ -507,11 +543,25 @@ mod tests {
 
     #[test]
     fn image_folder_ids_get_safe_distinct_names() {
-        let a = cache_path(Path::new("/c"), "image-folder:/x/my data", Split::Test, &key());
-        let b = cache_path(Path::new("/c"), "image-folder:/y/my data", Split::Test, &key());
+        let a = cache_path(
+            Path::new("/c"),
+            "image-folder:/x/my data",
+            Split::Test,
+            &key(),
+        );
+        let b = cache_path(
+            Path::new("/c"),
+            "image-folder:/y/my data",
+            Split::Test,
+            &key(),
+        );
         assert_ne!(a, b);
         let name = a.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)), "{name}");
+        assert!(
+            name.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)),
+            "{name}"
+        );
         assert!(name.starts_with("image-folder__x_my_data-"), "{name}");
     }
 
@@ -526,7 +576,8 @@ mod tests {
             cache_dir: Some(dir.path().to_path_buf()),
             ..LoadOptions::default()
         };
-        let loaded = cached_or_decode(&opts, "cifar10", Split::Train, &[], || Ok(sample())).unwrap();
+        let loaded =
+            cached_or_decode(&opts, "cifar10", Split::Train, &[], || Ok(sample())).unwrap();
         assert_eq!(loaded.origin, Origin::Decoded);
         assert!(!old.exists());
         assert!(other_split.exists());

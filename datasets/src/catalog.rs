@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 ///
 /// Models are trained on standardised inputs; keeping the constants next to the dataset makes
 /// every defence and attack use the same ones.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Normalization {
     /// Mean of `x / 255` per RGB channel.
     pub mean: [f32; 3],
@@ -234,7 +234,11 @@ fn suggestions(key: &str) -> Vec<String> {
         .filter(|(score, _)| *score > 0.7)
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
-    scored.into_iter().take(3).map(|(_, id)| id.to_string()).collect()
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, id)| id.to_string())
+        .collect()
 }
 
 /// Facts about every dataset the harness can load, for `harness list`.
@@ -360,15 +364,16 @@ fn resolve_image_folder(root: &Path, data_dir: &Path) -> Result<PathBuf> {
     if root.is_relative() && data_dir.join(root).is_dir() {
         return Ok(data_dir.join(root));
     }
-    Err(DataError::NotFound {
-        dataset: format!("{IMAGE_FOLDER_PREFIX}{}", root.display()),
-        data_dir: data_dir.to_path_buf(),
-        expected: format!(
-            "the folder {} (relative paths are tried from the working directory, then from the \
-             data directory) holding {IMAGE_FOLDER_LAYOUT}",
-            root.display()
+    // Not a NotFound: an image folder cannot be fetched, so the fix is a correct path.
+    Err(DataError::format(
+        root,
+        format!(
+            "image-folder dataset not found: no such folder (a relative path is tried from the \
+             working directory, then from the data directory {} set by --data-dir or \
+             HARNESS_DATA); expected {IMAGE_FOLDER_LAYOUT}",
+            data_dir.display()
         ),
-    })
+    ))
 }
 
 #[cfg(test)]
@@ -410,7 +415,10 @@ mod tests {
         assert_eq!(suggestions.first().map(String::as_str), Some("cifar10"));
         assert!(suggestions.len() <= 3);
         let msg = err.to_string();
-        assert!(msg.contains("did you mean") && msg.contains("tiny-imagenet"), "{msg}");
+        assert!(
+            msg.contains("did you mean") && msg.contains("tiny-imagenet"),
+            "{msg}"
+        );
 
         let err = DatasetId::parse("imagefolder").unwrap_err().to_string();
         assert!(err.contains("image-folder:<path>"), "{err}");

@@ -47,9 +47,7 @@ fn batch_files(split: Split) -> Vec<String> {
 pub fn load(data_dir: &Path, split: Split, opts: &LoadOptions) -> Result<Loaded> {
     let bin_dir = data_dir.join(BINARY_DIR);
     let folder_split = data_dir.join(FOLDER_DIR).join(split.as_str());
-    let binary_complete = batch_files(split)
-        .iter()
-        .all(|f| bin_dir.join(f).is_file());
+    let binary_complete = batch_files(split).iter().all(|f| bin_dir.join(f).is_file());
     if binary_complete || (bin_dir.is_dir() && !folder_split.is_dir()) {
         // A partial binary folder without an alternative: load it so that the error names the
         // missing file.
@@ -227,6 +225,9 @@ mod tests {
         let err = parse_records(Path::new("b.bin"), &bytes, &mut Vec::new(), &mut Vec::new())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("record 1") && err.contains("label 10"), "{err}");
+        assert!(
+            err.contains("record 1") && err.contains("label 10"),
+            "{err}"
+        );
     }
 }

@@ -32,14 +32,6 @@ impl LabelKind {
             LabelKind::Coarse => "coarse_label_names.txt",
         }
     }
-
-    /// The dataset id that uses this labelling.
-    fn dataset_id(self) -> &'static str {
-        match self {
-            LabelKind::Fine => "cifar100",
-            LabelKind::Coarse => "cifar100-coarse",
-        }
-    }
 }
 
 /// Folder of the official binary release.
@@ -51,18 +43,106 @@ pub const RECORD_BYTES: usize = 2 + IMAGE_BYTES;
 
 /// The official fine class names, in label order (used when `fine_label_names.txt` is absent).
 pub const FINE_NAMES: [&str; 100] = [
-    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
-    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
-    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
-    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
-    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
-    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
-    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
-    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
-    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
-    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone",
-    "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
-    "willow_tree", "wolf", "woman", "worm",
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
 ];
 
 /// The official coarse class names, in label order.
@@ -95,21 +175,29 @@ pub fn load(data_dir: &Path, split: Split, kind: LabelKind) -> Result<ImageSet> 
     let dir = data_dir.join(BINARY_DIR);
     let path = dir.join(format!("{}.bin", split.as_str()));
     if !path.is_file() {
+        // Both labellings come from the `cifar100` download, so that is the id to fetch.
+        let expected = match kind {
+            LabelKind::Fine => CIFAR100_LAYOUT.to_string(),
+            LabelKind::Coarse => {
+                format!("{CIFAR100_LAYOUT}; cifar100-coarse reads the cifar100 files")
+            }
+        };
         return Err(DataError::NotFound {
-            dataset: kind.dataset_id().into(),
+            dataset: "cifar100".into(),
             data_dir: data_dir.to_path_buf(),
-            expected: CIFAR100_LAYOUT.into(),
+            expected,
         });
     }
     let class_names = read_class_names(&dir.join(kind.names_file()), kind)?;
     let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
-    let (images, labels) = parse_records(&path, &bytes, kind)?;
+    let (images, labels) = parse_records(&path, bytes, kind)?;
     ImageSet::new(images, labels, (3, 32, 32), class_names)
 }
 
 /// Splits a record file into pixels and the chosen labels, checking the length and both labels
-/// of every record.
-fn parse_records(path: &Path, bytes: &[u8], kind: LabelKind) -> Result<(Vec<u8>, Vec<u32>)> {
+/// of every record. The pixels are compacted in place, so the file's buffer becomes the image
+/// buffer without a second copy of the dataset in memory.
+fn parse_records(path: &Path, mut bytes: Vec<u8>, kind: LabelKind) -> Result<(Vec<u8>, Vec<u32>)> {
     if bytes.is_empty() {
         return Err(DataError::format(
             path,
@@ -132,7 +220,6 @@ fn parse_records(path: &Path, bytes: &[u8], kind: LabelKind) -> Result<(Vec<u8>,
             ),
         ));
     }
-    let mut images = Vec::with_capacity(whole * IMAGE_BYTES);
     let mut labels = Vec::with_capacity(whole);
     for (i, record) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
         let (coarse, fine) = (record[0], record[1]);
@@ -156,9 +243,14 @@ fn parse_records(path: &Path, bytes: &[u8], kind: LabelKind) -> Result<(Vec<u8>,
             LabelKind::Fine => fine,
             LabelKind::Coarse => coarse,
         }));
-        images.extend_from_slice(&record[2..]);
     }
-    Ok((images, labels))
+    for i in 0..whole {
+        let src = i * RECORD_BYTES + 2;
+        bytes.copy_within(src..src + IMAGE_BYTES, i * IMAGE_BYTES);
+    }
+    bytes.truncate(whole * IMAGE_BYTES);
+    bytes.shrink_to_fit();
+    Ok((bytes, labels))
 }
 
 /// Class names from a name file (one per line, blank lines ignored), or the official names when
@@ -206,35 +298,46 @@ mod tests {
     #[test]
     fn fine_and_coarse_labels() {
         let bytes = [record(4, 30), record(19, 99)].concat();
-        let (images, fine) = parse_records(Path::new("t.bin"), &bytes, LabelKind::Fine).unwrap();
+        let (images, fine) =
+            parse_records(Path::new("t.bin"), bytes.clone(), LabelKind::Fine).unwrap();
         assert_eq!(fine, vec![30, 99]);
         assert_eq!(images.len(), 2 * IMAGE_BYTES);
         assert_eq!(images[IMAGE_BYTES], 99);
-        let (_, coarse) = parse_records(Path::new("t.bin"), &bytes, LabelKind::Coarse).unwrap();
+        let (_, coarse) =
+            parse_records(Path::new("t.bin"), bytes.clone(), LabelKind::Coarse).unwrap();
         assert_eq!(coarse, vec![4, 19]);
     }
 
     #[test]
     fn labels_out_of_range_name_the_record() {
         let bytes = [record(0, 0), record(20, 0)].concat();
-        let err = parse_records(Path::new("t.bin"), &bytes, LabelKind::Fine)
+        let err = parse_records(Path::new("t.bin"), bytes.clone(), LabelKind::Fine)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("record 1") && err.contains("coarse label 20"), "{err}");
+        assert!(
+            err.contains("record 1") && err.contains("coarse label 20"),
+            "{err}"
+        );
         let bytes = [record(0, 100)].concat();
-        let err = parse_records(Path::new("t.bin"), &bytes, LabelKind::Coarse)
+        let err = parse_records(Path::new("t.bin"), bytes.clone(), LabelKind::Coarse)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("record 0") && err.contains("fine label 100"), "{err}");
+        assert!(
+            err.contains("record 0") && err.contains("fine label 100"),
+            "{err}"
+        );
     }
 
     #[test]
     fn length_must_be_a_multiple_of_the_record() {
         let mut bytes = record(0, 0);
         bytes.push(1);
-        let err = parse_records(Path::new("t.bin"), &bytes, LabelKind::Fine)
+        let err = parse_records(Path::new("t.bin"), bytes.clone(), LabelKind::Fine)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("record 1") && err.contains("offset 3074"), "{err}");
+        assert!(
+            err.contains("record 1") && err.contains("offset 3074"),
+            "{err}"
+        );
     }
 }

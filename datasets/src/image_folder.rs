@@ -137,8 +137,7 @@ pub(crate) fn list_class_tree(
     classes: &[String],
 ) -> Result<(Vec<ImageFile>, Vec<SourceFile>)> {
     let split_dir = root.join(split_sub);
-    let mut images = Vec::new();
-    let mut sources = Vec::new();
+    let mut labelled = Vec::new();
     for class in sub_folders(&split_dir)? {
         let Some(label) = classes.iter().position(|c| *c == class) else {
             return Err(DataError::format(
@@ -150,10 +149,20 @@ pub(crate) fn list_class_tree(
                 ),
             ));
         };
-        for (path, source) in image_files(&split_dir.join(&class), &format!("{split_sub}/{class}"))? {
+        labelled.push((class, label as u32));
+    }
+    // Listing (one stat per file) runs a folder per task; the result keeps folder order.
+    let per_class = labelled
+        .par_iter()
+        .map(|(class, _)| image_files(&split_dir.join(class), &format!("{split_sub}/{class}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut images = Vec::new();
+    let mut sources = Vec::new();
+    for ((_, label), files) in labelled.iter().zip(per_class) {
+        for (path, source) in files {
             images.push(ImageFile {
                 path,
-                label: label as u32,
+                label: *label,
             });
             sources.push(source);
         }
@@ -287,11 +296,13 @@ pub fn load(root: &Path, dataset: &str, split: Split, opts: &LoadOptions) -> Res
         Split::Test => "test",
     };
     if !root.join(split_sub).is_dir() {
-        return Err(DataError::NotFound {
-            dataset: dataset.to_string(),
-            data_dir: root.to_path_buf(),
-            expected: format!("{split_sub}/<class>/ folders: {IMAGE_FOLDER_LAYOUT}"),
-        });
+        return Err(DataError::format(
+            root.join(split_sub),
+            format!(
+                "missing: the {split} split of {dataset} needs {split_sub}/<class>/ folders; \
+                 expected {IMAGE_FOLDER_LAYOUT}"
+            ),
+        ));
     }
     let class_dir = if root.join("train").is_dir() {
         root.join("train")
@@ -316,9 +327,7 @@ pub fn load(root: &Path, dataset: &str, split: Split, opts: &LoadOptions) -> Res
         Ok(abs) => format!("image-folder:{}", abs.display()),
         Err(_) => dataset.to_string(),
     };
-    let progress = opts
-        .progress
-        .then(|| format!("decoding {dataset} {split}"));
+    let progress = opts.progress.then(|| format!("decoding {dataset} {split}"));
     cached_or_decode(opts, &key_id, split, &sources, || {
         decode_images(&files, None, classes, progress.as_deref())
     })

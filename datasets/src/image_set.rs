@@ -143,8 +143,13 @@ mod tests {
 
     #[test]
     fn new_rejects_label_out_of_range() {
-        let err = ImageSet::new(vec![0; 2], vec![0, 2], (1, 1, 1), vec!["a".into(), "b".into()])
-            .unwrap_err();
+        let err = ImageSet::new(
+            vec![0; 2],
+            vec![0, 2],
+            (1, 1, 1),
+            vec!["a".into(), "b".into()],
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("label 2 of image 1"), "{err}");
     }
 
@@ -155,8 +160,13 @@ mod tests {
 
     #[test]
     fn select_copies_images_in_order() {
-        let set = ImageSet::new(vec![1, 2, 3, 4], vec![0, 1], (1, 1, 2), vec!["a".into(), "b".into()])
-            .unwrap();
+        let set = ImageSet::new(
+            vec![1, 2, 3, 4],
+            vec![0, 1],
+            (1, 1, 2),
+            vec!["a".into(), "b".into()],
+        )
+        .unwrap();
         let sub = set.select(&[1, 1, 0]);
         assert_eq!(sub.images, vec![3, 4, 3, 4, 1, 2]);
         assert_eq!(sub.labels, vec![1, 1, 0]);

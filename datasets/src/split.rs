@@ -218,13 +218,19 @@ mod tests {
             held_out: 0.2,
         };
         let s = disjoint_splits(&set, &f, 7).unwrap();
-        assert_eq!((s.owner.len(), s.attacker.len(), s.held_out.len()), (125, 75, 50));
+        assert_eq!(
+            (s.owner.len(), s.attacker.len(), s.held_out.len()),
+            (125, 75, 50)
+        );
         let mut all: Vec<usize> = [&s.owner[..], &s.attacker[..], &s.held_out[..]].concat();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 250);
         let count = |idx: &[usize], c: u32| idx.iter().filter(|&&i| set.labels[i] == c).count();
-        assert_eq!([count(&s.owner, 0), count(&s.owner, 1), count(&s.owner, 2)], [50, 50, 25]);
+        assert_eq!(
+            [count(&s.owner, 0), count(&s.owner, 1), count(&s.owner, 2)],
+            [50, 50, 25]
+        );
         assert_eq!(s, disjoint_splits(&set, &f, 7).unwrap());
         assert_ne!(s, disjoint_splits(&set, &f, 8).unwrap());
     }
@@ -239,16 +245,31 @@ mod tests {
             held_out: 0.0,
         };
         let s = disjoint_splits(&set, &f, 0).unwrap();
-        assert_eq!((s.owner.len(), s.attacker.len(), s.held_out.len()), (5, 5, 0));
+        assert_eq!(
+            (s.owner.len(), s.attacker.len(), s.held_out.len()),
+            (5, 5, 0)
+        );
     }
 
     #[test]
     fn bad_fractions() {
         let set = set_with_counts(&[3]);
         for f in [
-            SplitFractions { owner: 0.6, attacker: 0.5, held_out: 0.0 },
-            SplitFractions { owner: -0.1, attacker: 0.5, held_out: 0.0 },
-            SplitFractions { owner: f64::NAN, attacker: 0.5, held_out: 0.0 },
+            SplitFractions {
+                owner: 0.6,
+                attacker: 0.5,
+                held_out: 0.0,
+            },
+            SplitFractions {
+                owner: -0.1,
+                attacker: 0.5,
+                held_out: 0.0,
+            },
+            SplitFractions {
+                owner: f64::NAN,
+                attacker: 0.5,
+                held_out: 0.0,
+            },
         ] {
             assert!(matches!(
                 disjoint_splits(&set, &f, 0),

@@ -146,7 +146,12 @@ pub fn generate(spec: &SyntheticSpec, split: Split) -> ImageSet {
 }
 
 /// Draws one sample of `pattern` into `dst` (C x H x W).
-fn draw(pattern: &ClassPattern, (c, h, w): (usize, usize, usize), rng: &mut impl Rng, dst: &mut [u8]) {
+fn draw(
+    pattern: &ClassPattern,
+    (c, h, w): (usize, usize, usize),
+    rng: &mut impl Rng,
+    dst: &mut [u8],
+) {
     let phase: f32 = rng.random_range(0.0..2.0 * PI);
     let brightness: f32 = rng.random_range(0.85..1.15);
     let size = h.max(w) as f32;
@@ -176,7 +181,10 @@ mod tests {
         assert_eq!(a, generate(&spec, Split::Train));
         assert_eq!(a.len(), 512);
         assert_eq!((a.channels, a.height, a.width), (3, 32, 32));
-        assert_eq!(a.class_counts(), vec![52, 52, 51, 51, 51, 51, 51, 51, 51, 51]);
+        assert_eq!(
+            a.class_counts(),
+            vec![52, 52, 51, 51, 51, 51, 51, 51, 51, 51]
+        );
         let t = generate(&spec, Split::Test);
         assert_eq!(t.len(), 256);
         assert_ne!(a.image(0), t.image(0));
@@ -198,6 +206,42 @@ mod tests {
         let same = dist(&mean(0), &mean(10));
         let other = dist(&mean(0), &mean(1));
         assert!(same < other, "same class {same}, other class {other}");
+    }
+
+    #[test]
+    fn nearest_class_mean_separates_test_images() {
+        // A linear classifier already separates the classes; a CNN also sees the stripes.
+        let spec = SyntheticSpec::default();
+        let train = generate(&spec, Split::Train);
+        let test = generate(&spec, Split::Test);
+        let len = train.image_len();
+        let mut means = vec![vec![0f32; len]; spec.classes];
+        for i in 0..train.len() {
+            let m = &mut means[train.labels[i] as usize];
+            for (a, &v) in m.iter_mut().zip(train.image(i)) {
+                *a += v as f32;
+            }
+        }
+        for (m, n) in means.iter_mut().zip(train.class_counts()) {
+            m.iter_mut().for_each(|a| *a /= n as f32);
+        }
+        let correct = (0..test.len())
+            .filter(|&i| {
+                let img = test.image(i);
+                let dist = |m: &Vec<f32>| -> f32 {
+                    m.iter()
+                        .zip(img)
+                        .map(|(a, &v)| (a - v as f32).powi(2))
+                        .sum()
+                };
+                let best = (0..spec.classes)
+                    .min_by(|&a, &b| dist(&means[a]).total_cmp(&dist(&means[b])))
+                    .unwrap_or(0);
+                best as u32 == test.labels[i]
+            })
+            .count();
+        let acc = correct as f32 / test.len() as f32;
+        assert!(acc > 0.9, "nearest-mean accuracy {acc}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::cache::{SourceFile, cached_or_decode};
 use crate::catalog::{LoadOptions, Loaded, TINY_IMAGENET_LAYOUT};
 use crate::image_folder::{ImageFile, SizeRule, decode_images, image_files, natural_cmp};
 use crate::{DataError, Result, Split};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -117,10 +118,8 @@ fn list_train(
     wnids: &[String],
     sources: &mut Vec<SourceFile>,
 ) -> Result<Vec<ImageFile>> {
-    let mut files = Vec::new();
-    for (label, wnid) in wnids.iter().enumerate() {
-        let rel = format!("train/{wnid}/images");
-        let dir = root.join(&rel);
+    for wnid in wnids {
+        let dir = root.join("train").join(wnid).join("images");
         if !dir.is_dir() {
             return Err(DataError::format(
                 &dir,
@@ -130,7 +129,18 @@ fn list_train(
                 ),
             ));
         }
-        for (path, source) in image_files(&dir, &rel)? {
+    }
+    // One folder per task; the result keeps wnid order.
+    let per_class = wnids
+        .par_iter()
+        .map(|wnid| {
+            let rel = format!("train/{wnid}/images");
+            image_files(&root.join(&rel), &rel)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut files = Vec::new();
+    for (label, listed) in per_class.into_iter().enumerate() {
+        for (path, source) in listed {
             files.push(ImageFile {
                 path,
                 label: label as u32,
@@ -163,16 +173,17 @@ fn list_val(
             format!("missing; expected the validation images there: {TINY_IMAGENET_LAYOUT}"),
         ));
     }
-    let mut on_disk: HashMap<String, (PathBuf, SourceFile)> = image_files(&images_dir, "val/images")?
-        .into_iter()
-        .map(|(path, source)| {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (name, (path, source))
-        })
-        .collect();
+    let mut on_disk: HashMap<String, (PathBuf, SourceFile)> =
+        image_files(&images_dir, "val/images")?
+            .into_iter()
+            .map(|(path, source)| {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (name, (path, source))
+            })
+            .collect();
     let label_of: HashMap<&str, u32> = wnids
         .iter()
         .enumerate()

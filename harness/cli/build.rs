@@ -20,7 +20,9 @@ fn main() {
     println!("cargo:rustc-env=PROTBENCH_GIT={git}");
     let profile = std::env::var("PROFILE").unwrap_or_default();
     println!("cargo:rustc-env=PROTBENCH_PROFILE={profile}");
-    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default().replace('\x1f', " ");
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS")
+        .unwrap_or_default()
+        .replace('\x1f', " ");
     println!("cargo:rustc-env=PROTBENCH_RUSTFLAGS={flags}");
     println!("cargo:rerun-if-changed=../../.git/HEAD");
     println!("cargo:rerun-if-changed=../../.git/index");

@@ -14,9 +14,9 @@ pub fn parse(spec: &str) -> anyhow::Result<Device> {
                 )));
             };
             let ordinal = match rest.strip_prefix(':') {
-                Some(n) => n
-                    .parse::<usize>()
-                    .map_err(|_| crate::exit::UsageError(format!("bad CUDA ordinal in `{spec}`")))?,
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    crate::exit::UsageError(format!("bad CUDA ordinal in `{spec}`"))
+                })?,
                 None if rest.is_empty() => 0,
                 None => bail!(crate::exit::UsageError(format!("unknown device `{spec}`"))),
             };

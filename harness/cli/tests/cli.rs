@@ -29,14 +29,36 @@ fn train_then_eval_reproduces_the_accuracy() {
     let w = weights.to_str().unwrap();
     let out = harness(
         &[
-            "train", "--dataset", "synthetic", "--model", "vgg-small", "--epochs", "3", "--batch-size", "32",
-            "--lr", "0.05", "--seed", "3", "--out", w, "--json", "--quiet",
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "vgg-small",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.05",
+            "--seed",
+            "3",
+            "--out",
+            w,
+            "--json",
+            "--quiet",
         ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let train = last_json(&out);
-    for key in ["test_accuracy", "epochs", "train_images", "wall_seconds", "images_per_second", "seed"] {
+    for key in [
+        "test_accuracy",
+        "epochs",
+        "train_images",
+        "wall_seconds",
+        "images_per_second",
+        "seed",
+    ] {
         assert!(train.get(key).is_some(), "missing {key} in {train}");
     }
     assert_eq!(train["epochs"], 3);
@@ -44,10 +66,23 @@ fn train_then_eval_reproduces_the_accuracy() {
     let acc = train["test_accuracy"].as_f64().unwrap();
     // Ten synthetic classes: chance is 0.1. The patterns are easy; a model that trained is far above.
     assert!(acc > 0.6, "synthetic accuracy {acc}");
-    assert!(dir.path().join("m.json").exists(), "run card written beside the weights");
+    assert!(
+        dir.path().join("m.json").exists(),
+        "run card written beside the weights"
+    );
 
     let out = harness(
-        &["eval", "--dataset", "synthetic", "--model", "vgg-small", "--weights", w, "--json", "--quiet"],
+        &[
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "vgg-small",
+            "--weights",
+            w,
+            "--json",
+            "--quiet",
+        ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -63,9 +98,25 @@ fn same_seed_same_result_and_checkpoint_resume_is_a_no_op() {
         let ck = dir.path().join(format!("{name}.ckpt"));
         let out = harness(
             &[
-                "train", "--dataset", "synthetic", "--model", "vgg-small", "--epochs", "1", "--batch-size", "64",
-                "--seed", seed, "--train-limit", "256", "--out", w.to_str().unwrap(), "--checkpoint",
-                ck.to_str().unwrap(), "--json", "--quiet",
+                "train",
+                "--dataset",
+                "synthetic",
+                "--model",
+                "vgg-small",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--seed",
+                seed,
+                "--train-limit",
+                "256",
+                "--out",
+                w.to_str().unwrap(),
+                "--checkpoint",
+                ck.to_str().unwrap(),
+                "--json",
+                "--quiet",
             ],
             dir.path(),
         );
@@ -74,9 +125,15 @@ fn same_seed_same_result_and_checkpoint_resume_is_a_no_op() {
     };
     let a = run("a.safetensors", "5");
     let b = run("b.safetensors", "5");
-    assert_eq!(a["test_loss"], b["test_loss"], "same seed must give the same run");
+    assert_eq!(
+        a["test_loss"], b["test_loss"],
+        "same seed must give the same run"
+    );
     let c = run("c.safetensors", "6");
-    assert_ne!(a["test_loss"], c["test_loss"], "another seed must give another run");
+    assert_ne!(
+        a["test_loss"], c["test_loss"],
+        "another seed must give another run"
+    );
     // Re-running with a finished checkpoint resumes after the last epoch and trains nothing.
     let again = run("a.safetensors", "5");
     assert_eq!(again["resumed_from_epoch"], 1);
@@ -87,19 +144,38 @@ fn same_seed_same_result_and_checkpoint_resume_is_a_no_op() {
 fn unknown_model_is_a_usage_error_with_a_suggestion() {
     let dir = tempfile::tempdir().unwrap();
     let out = harness(
-        &["train", "--dataset", "synthetic", "--model", "resnet2", "--out", "x.safetensors"],
+        &[
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "resnet2",
+            "--out",
+            "x.safetensors",
+        ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("did you mean") && err.contains("resnet20"), "{err}");
+    assert!(
+        err.contains("did you mean") && err.contains("resnet20"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_dataset_is_a_usage_error_with_a_suggestion() {
     let dir = tempfile::tempdir().unwrap();
     let out = harness(
-        &["eval", "--dataset", "cifar-10", "--model", "resnet20", "--weights", "x.safetensors"],
+        &[
+            "eval",
+            "--dataset",
+            "cifar-10",
+            "--model",
+            "resnet20",
+            "--weights",
+            "x.safetensors",
+        ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(2));
@@ -111,14 +187,24 @@ fn missing_data_is_a_failure_that_names_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let out = harness(
         &[
-            "train", "--dataset", "cifar10", "--model", "resnet20", "--data-dir", dir.path().to_str().unwrap(),
-            "--out", "x.safetensors",
+            "train",
+            "--dataset",
+            "cifar10",
+            "--model",
+            "resnet20",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--out",
+            "x.safetensors",
         ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("harness data fetch cifar10") && err.contains("--data-dir"), "{err}");
+    assert!(
+        err.contains("harness data fetch cifar10") && err.contains("--data-dir"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -127,19 +213,42 @@ fn eval_with_weights_of_another_model_names_the_tensor() {
     let w = dir.path().join("v.safetensors");
     let out = harness(
         &[
-            "train", "--dataset", "synthetic", "--model", "vgg-small", "--epochs", "1", "--train-limit", "64",
-            "--test-limit", "32", "--out", w.to_str().unwrap(), "--quiet",
+            "train",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "vgg-small",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "64",
+            "--test-limit",
+            "32",
+            "--out",
+            w.to_str().unwrap(),
+            "--quiet",
         ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = harness(
-        &["eval", "--dataset", "synthetic", "--model", "resnet20", "--weights", w.to_str().unwrap()],
+        &[
+            "eval",
+            "--dataset",
+            "synthetic",
+            "--model",
+            "resnet20",
+            "--weights",
+            w.to_str().unwrap(),
+        ],
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("conv1.weight") || err.contains("c1.0.weight"), "{err}");
+    assert!(
+        err.contains("conv1.weight") || err.contains("c1.0.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -148,10 +257,29 @@ fn list_shows_datasets_and_models() {
     let out = harness(&["list", "--json"], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let v = last_json(&out);
-    let models: Vec<&str> = v["models"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    for m in ["resnet20", "resnet56", "vgg11", "vgg16", "vgg19", "vgg-small", "mobilenet-v2", "dncnn"] {
+    let models: Vec<&str> = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for m in [
+        "resnet20",
+        "resnet56",
+        "vgg11",
+        "vgg16",
+        "vgg19",
+        "vgg-small",
+        "mobilenet-v2",
+        "dncnn",
+    ] {
         assert!(models.contains(&m), "{m} missing from {models:?}");
     }
-    let r20 = v["models"].as_array().unwrap().iter().find(|m| m["id"] == "resnet20").unwrap();
+    let r20 = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "resnet20")
+        .unwrap();
     assert_eq!(r20["parameters"], "272474");
 }

@@ -91,7 +91,11 @@ pub fn suggest<'a>(name: &str, valid: impl IntoIterator<Item = &'a str>) -> Vec<
         .filter(|(s, _)| *s > 0.7)
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    scored.into_iter().take(3).map(|(_, v)| v.to_string()).collect()
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, v)| v.to_string())
+        .collect()
 }
 
 impl Error {

@@ -41,7 +41,9 @@ pub fn logits(
         outs.push(model.forward_t(&xs, false)?.detach());
     }
     if outs.is_empty() {
-        return Err(crate::Error::Config("cannot evaluate on an empty set".into()));
+        return Err(crate::Error::Config(
+            "cannot evaluate on an empty set".into(),
+        ));
     }
     Ok(Tensor::cat(&outs, 0)?)
 }

@@ -14,5 +14,6 @@ pub mod train;
 pub mod zoo;
 
 pub use error::{Error, Result};
+pub use params::ParamStore;
 
 pub use zoo::{Arch, Model, ModelSpec};

@@ -1,1 +1,620 @@
-//! Parameters.
+//! Parameters: the named variables of one model, their deterministic initialisation, and their
+//! PyTorch-compatible safetensors files.
+//!
+//! A [`ParamStore`] owns every tensor of a model under its PyTorch state-dict name. Models are
+//! built through [`ParamStore::var_builder`]; a variable the model asks for and the store lacks is
+//! created from a ChaCha20 stream keyed by the store's seed and selected by the parameter's name,
+//! so the same seed gives bit-identical weights on every run, on every device and whatever the
+//! order in which layers are built. The values are drawn on the host in f64 and rounded once to
+//! the variable's dtype; the uniform draws the zoo uses (PyTorch's default initialisation, see
+//! [`crate::nn`]) need no transcendental function, so they are identical on every platform too.
+//!
+//! Names ending in `running_mean`, `running_var` or `num_batches_tracked` are buffers
+//! (non-trainable state, as in PyTorch); everything else is trainable.
+//!
+//! Files are safetensors with PyTorch's state-dict names and layouts (convolutions O x I x kH x kW,
+//! linear out x in), f32 values, and `num_batches_tracked` as an i64 scalar of shape `[]`, as
+//! `safetensors.torch.save_file(model.state_dict())` writes them; a PyTorch module of the same
+//! architecture (ci/torch/models.py) loads them with a strict `load_state_dict`, and the other way
+//! round.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use candle_core::{DType, Device, Shape, Tensor, Var, bail};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use safetensors::{Dtype, SafeTensors, View};
+
+use crate::error::{Error, Result};
+
+/// Suffixes of the non-trainable tensors (batch-norm state).
+const BUFFER_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
+
+/// How many unknown names an [`Error::UnexpectedTensors`] lists.
+const MAX_LISTED: usize = 8;
+
+/// Whether `name` is a buffer (batch-norm running statistics or batch counter) rather than a
+/// trainable parameter.
+pub fn is_buffer(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    BUFFER_SUFFIXES.contains(&last)
+}
+
+fn is_counter(name: &str) -> bool {
+    name == "num_batches_tracked" || name.ends_with(".num_batches_tracked")
+}
+
+struct Inner {
+    seed: u64,
+    device: Device,
+    vars: Mutex<BTreeMap<String, Var>>,
+}
+
+/// The named variables of one model (trainable parameters and buffers), with seeded
+/// initialisation and strict PyTorch-compatible load and save.
+///
+/// Cloning gives another handle to the same variables (training and evaluation can share one
+/// model); [`ParamStore::deep_copy`] makes independent ones. A store holds one model:
+/// [`crate::zoo::build`] refuses to build a different model on a store that already holds one.
+#[derive(Clone)]
+pub struct ParamStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ParamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParamStore")
+            .field("seed", &self.inner.seed)
+            .field("device", &self.inner.device)
+            .field("tensors", &self.len())
+            .finish()
+    }
+}
+
+impl ParamStore {
+    /// An empty store whose missing variables will be initialised from `seed` on `device`.
+    pub fn new(seed: u64, device: &Device) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                seed,
+                device: device.clone(),
+                vars: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The initialisation seed.
+    pub fn seed(&self) -> u64 {
+        self.inner.seed
+    }
+
+    /// Where the variables live.
+    pub fn device(&self) -> &Device {
+        &self.inner.device
+    }
+
+    fn vars(&self) -> MutexGuard<'_, BTreeMap<String, Var>> {
+        // A panic elsewhere while holding the lock cannot leave the map half-written (every
+        // mutation is a single insert), so a poisoned lock is still usable.
+        self.inner
+            .vars
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An f32 builder on the store's device that returns the stored variable for a name and
+    /// creates (seeded) the ones that are missing. Models built through it share the store's
+    /// variables: training updates them, [`ParamStore::load`] overwrites them in place.
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        self.builder(None)
+    }
+
+    /// A builder that only hands out existing variables (a missing name is an error) and records
+    /// the names it handed out, so a caller can check that a model uses exactly the stored set.
+    pub(crate) fn existing_var_builder(
+        &self,
+    ) -> (VarBuilder<'static>, Arc<Mutex<BTreeSet<String>>>) {
+        let used = Arc::new(Mutex::new(BTreeSet::new()));
+        (self.builder(Some(used.clone())), used)
+    }
+
+    fn builder(&self, existing_only: Option<Arc<Mutex<BTreeSet<String>>>>) -> VarBuilder<'static> {
+        let backend = SeededBackend {
+            store: self.clone(),
+            existing_only,
+        };
+        VarBuilder::from_backend(Box::new(backend), DType::F32, self.inner.device.clone())
+    }
+
+    /// Trainable variables (everything but buffers), sorted by name: what an optimiser updates.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        self.vars()
+            .iter()
+            .filter(|(name, _)| !is_buffer(name))
+            .map(|(name, var)| (name.clone(), var.clone()))
+            .collect()
+    }
+
+    /// The non-trainable state (batch-norm running statistics and batch counters), sorted by
+    /// name. The tensors share storage with the store: they show later in-place updates.
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.vars()
+            .iter()
+            .filter(|(name, _)| is_buffer(name))
+            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Every tensor name (parameters and buffers), sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.vars().keys().cloned().collect()
+    }
+
+    /// The variable called `name`, to read or overwrite (`Var::set`) one tensor.
+    pub fn get(&self, name: &str) -> Option<Var> {
+        self.vars().get(name).cloned()
+    }
+
+    /// Number of tensors (parameters and buffers).
+    pub fn len(&self) -> usize {
+        self.vars().len()
+    }
+
+    /// Whether no model has been built on this store yet.
+    pub fn is_empty(&self) -> bool {
+        self.vars().is_empty()
+    }
+
+    /// Number of trainable scalars, as PyTorch's `sum(p.numel() for p in model.parameters())`.
+    pub fn num_parameters(&self) -> usize {
+        self.vars()
+            .iter()
+            .filter(|(name, _)| !is_buffer(name))
+            .map(|(_, var)| var.elem_count())
+            .sum()
+    }
+
+    /// Removes every variable (used when a build fails half-way on a fresh store).
+    pub(crate) fn clear(&self) {
+        self.vars().clear();
+    }
+
+    /// An independent store with copies of every variable, on the same device and with the same
+    /// seed: a victim's weights that a defence or attack may change without touching the original.
+    pub fn deep_copy(&self) -> Result<ParamStore> {
+        let copy = ParamStore::new(self.inner.seed, &self.inner.device);
+        {
+            let src = self.vars();
+            let mut dst = copy.vars();
+            for (name, var) in src.iter() {
+                let t = var.as_tensor().copy()?;
+                dst.insert(name.clone(), Var::from_tensor(&t)?);
+            }
+        }
+        Ok(copy)
+    }
+
+    /// The safetensors file content of [`ParamStore::save`]: deterministic bytes for the same
+    /// values, usable as a hash of the weights.
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let vars = self.vars();
+        let mut views = Vec::with_capacity(vars.len());
+        for (name, var) in vars.iter() {
+            views.push((name.clone(), RawTensor::from_tensor(var.as_tensor())?));
+        }
+        drop(vars);
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::BadFile {
+            path: PathBuf::from("<memory>"),
+            message: format!("cannot serialise the parameters: {e}"),
+        })
+    }
+
+    /// Writes every tensor to `path` as safetensors (see the module docs for the format). The
+    /// write is atomic: a temporary file in the same folder, synced, then renamed over `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let bytes = self.to_safetensors_bytes()?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "params".to_string());
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()));
+        let written = (|| -> std::io::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, e));
+        }
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(path, e)
+        })
+    }
+
+    /// Overwrites every variable with the tensor of the same name in the safetensors file at
+    /// `path`, strictly as PyTorch's `load_state_dict`: every tensor of the model must be there
+    /// with the right shape, and the file must have no others. f16, bf16 and f64 values are
+    /// converted; `num_batches_tracked` may be absent (it is then reset to 0, as PyTorch does).
+    /// Nothing changes unless the whole file is valid. Build the model first.
+    pub fn load(&self, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        self.load_from_bytes(&bytes, path)
+    }
+
+    /// [`ParamStore::load`] from file content held in memory; `origin` names it in errors.
+    pub fn load_from_bytes(&self, bytes: &[u8], origin: &Path) -> Result<()> {
+        let bad = |message: String| Error::BadFile {
+            path: origin.to_path_buf(),
+            message,
+        };
+        let file = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let vars = self.vars();
+        if vars.is_empty() {
+            return Err(Error::Config(format!(
+                "cannot load {}: no model has been built on this parameter store yet",
+                origin.display()
+            )));
+        }
+        let mut updates = Vec::with_capacity(vars.len());
+        for (name, var) in vars.iter() {
+            let view = match file.tensor(name) {
+                Ok(view) => view,
+                Err(_) if is_counter(name) => {
+                    updates.push((var, Tensor::zeros(var.shape(), var.dtype(), var.device())?));
+                    continue;
+                }
+                Err(_) => {
+                    return Err(Error::MissingTensor {
+                        path: origin.to_path_buf(),
+                        name: name.clone(),
+                    });
+                }
+            };
+            let expected = var.dims();
+            let found = view.shape();
+            let integer = !var.dtype().is_float();
+            let shape_ok = found == expected
+                || (integer
+                    && found.iter().product::<usize>() == expected.iter().product::<usize>());
+            if !shape_ok {
+                return Err(Error::ShapeMismatch {
+                    path: origin.to_path_buf(),
+                    name: name.clone(),
+                    expected: expected.to_vec(),
+                    found: found.to_vec(),
+                });
+            }
+            let dtype = match (view.dtype(), integer) {
+                (Dtype::F32, false) => DType::F32,
+                (Dtype::F16, false) => DType::F16,
+                (Dtype::BF16, false) => DType::BF16,
+                (Dtype::F64, false) => DType::F64,
+                (Dtype::I64, true) => DType::I64,
+                (Dtype::I32, true) => DType::I32,
+                (other, false) => {
+                    return Err(bad(format!(
+                        "tensor `{name}` has dtype {other:?}; expected F32, F16, BF16 or F64"
+                    )));
+                }
+                (other, true) => {
+                    return Err(bad(format!(
+                        "tensor `{name}` has dtype {other:?}; expected I64"
+                    )));
+                }
+            };
+            let t = Tensor::from_raw_buffer(view.data(), dtype, found, &Device::Cpu)?
+                .to_dtype(var.dtype())?
+                .reshape(expected)?
+                .to_device(var.device())?;
+            updates.push((var, t));
+        }
+        let unexpected: Vec<String> = file
+            .names()
+            .into_iter()
+            .filter(|n| !vars.contains_key(*n))
+            .map(str::to_string)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .take(MAX_LISTED)
+            .collect();
+        if !unexpected.is_empty() {
+            return Err(Error::UnexpectedTensors {
+                path: origin.to_path_buf(),
+                names: unexpected,
+            });
+        }
+        for (var, t) in updates {
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+}
+
+/// A tensor's bytes on the host, for safetensors serialisation.
+struct RawTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl RawTensor {
+    /// f64 and i64 keep their dtype; every other dtype is written as f32.
+    fn from_tensor(t: &Tensor) -> candle_core::Result<Self> {
+        let flat = t.flatten_all()?.to_device(&Device::Cpu)?;
+        let (dtype, data) = match t.dtype() {
+            DType::F64 => (
+                Dtype::F64,
+                le_bytes(flat.to_vec1::<f64>()?, f64::to_le_bytes),
+            ),
+            DType::I64 => (
+                Dtype::I64,
+                le_bytes(flat.to_vec1::<i64>()?, i64::to_le_bytes),
+            ),
+            _ => (
+                Dtype::F32,
+                le_bytes(
+                    flat.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                    f32::to_le_bytes,
+                ),
+            ),
+        };
+        Ok(Self {
+            dtype,
+            shape: t.dims().to_vec(),
+            data,
+        })
+    }
+}
+
+fn le_bytes<T: Copy, const N: usize>(values: Vec<T>, f: fn(T) -> [u8; N]) -> Vec<u8> {
+    values.into_iter().flat_map(f).collect()
+}
+
+impl View for RawTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// The `VarBuilder` backend of a [`ParamStore`]: existing variables by name, missing ones created
+/// from the seeded stream (unless `existing_only`, which also records what was handed out).
+struct SeededBackend {
+    store: ParamStore,
+    existing_only: Option<Arc<Mutex<BTreeSet<String>>>>,
+}
+
+impl SimpleBackend for SeededBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut vars = self.store.vars();
+        if let Some(var) = vars.get(name) {
+            if var.shape() != &shape {
+                bail!(
+                    "parameter `{name}` has shape {:?} in the store, the model asks for {:?}",
+                    var.dims(),
+                    shape.dims()
+                )
+            }
+            if let Some(used) = &self.existing_only {
+                used.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(name.to_string());
+            }
+            return Ok(var.as_tensor().clone());
+        }
+        if self.existing_only.is_some() {
+            bail!("the parameter store holds a different model: it has no `{name}`")
+        }
+        let values = init_values(self.store.inner.seed, name, &shape, init);
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(dev)?;
+        let var = Var::from_tensor(&t)?;
+        let out = var.as_tensor().clone();
+        vars.insert(name.to_string(), var);
+        Ok(out)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.store.vars().get(name) {
+            Some(var) => Ok(var.as_tensor().clone()),
+            None => bail!("the parameter store has no `{name}`"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.store.vars().contains_key(name)
+    }
+}
+
+/// 64-bit FNV-1a: a stable hash of a parameter name (std's hashers may change between releases).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The random stream of one parameter: ChaCha20 keyed by the seed, on the stream picked by the
+/// name, so values do not depend on the order in which parameters are created.
+fn rng_for(seed: u64, name: &str) -> ChaCha20Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..24].copy_from_slice(b"protbench-params");
+    let mut rng = ChaCha20Rng::from_seed(key);
+    rng.set_stream(fnv1a64(name.as_bytes()));
+    rng
+}
+
+/// The initial values of `name`, following candle's `Init` with a seeded stream.
+fn init_values(seed: u64, name: &str, shape: &Shape, init: Init) -> Vec<f64> {
+    let n = shape.elem_count();
+    let uniform = |lo: f64, up: f64| -> Vec<f64> {
+        let mut rng = rng_for(seed, name);
+        (0..n)
+            .map(|_| lo + (up - lo) * rng.random::<f64>())
+            .collect()
+    };
+    let normal = |mean: f64, std: f64| -> Vec<f64> {
+        let mut rng = rng_for(seed, name);
+        (0..n)
+            .map(|_| mean + std * rng.sample::<f64, _>(rand_distr::StandardNormal))
+            .collect()
+    };
+    match init {
+        Init::Const(v) => vec![v; n],
+        Init::Uniform { lo, up } => uniform(lo, up),
+        Init::Randn { mean, stdev } => normal(mean, stdev),
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
+            let fan = fan.for_shape(shape).max(1);
+            let std = non_linearity.gain() / (fan as f64).sqrt();
+            match dist {
+                candle_nn::init::NormalOrUniform::Uniform => {
+                    let bound = 3f64.sqrt() * std;
+                    uniform(-bound, bound)
+                }
+                candle_nn::init::NormalOrUniform::Normal => normal(0.0, std),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_classified_by_suffix() {
+        assert!(is_buffer("bn1.running_mean"));
+        assert!(is_buffer("layer1.0.bn2.running_var"));
+        assert!(is_buffer("features.1.num_batches_tracked"));
+        assert!(!is_buffer("bn1.weight"));
+        assert!(!is_buffer("running_mean_weight"));
+        assert!(is_counter("bn.num_batches_tracked"));
+        assert!(!is_counter("bn.running_mean"));
+    }
+
+    #[test]
+    fn init_is_order_independent_and_seeded() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let init = Init::Uniform { lo: -0.5, up: 0.5 };
+        let a = ParamStore::new(7, &dev);
+        let va = a.var_builder();
+        let x1 = va.get_with_hints((4, 3), "x", init)?;
+        let y1 = va.get_with_hints(5, "y", init)?;
+        let b = ParamStore::new(7, &dev);
+        let vb = b.var_builder();
+        let y2 = vb.get_with_hints(5, "y", init)?;
+        let x2 = vb.get_with_hints((4, 3), "x", init)?;
+        assert_eq!(x1.to_vec2::<f32>()?, x2.to_vec2::<f32>()?);
+        assert_eq!(y1.to_vec1::<f32>()?, y2.to_vec1::<f32>()?);
+        let c = ParamStore::new(8, &dev);
+        let x3 = c.var_builder().get_with_hints((4, 3), "x", init)?;
+        assert_ne!(x1.to_vec2::<f32>()?, x3.to_vec2::<f32>()?);
+        // Different names draw different values under one seed.
+        let z = a.var_builder().get_with_hints((4, 3), "z", init)?;
+        assert_ne!(x1.to_vec2::<f32>()?, z.to_vec2::<f32>()?);
+        for v in x1.flatten_all()?.to_vec1::<f32>()? {
+            assert!((-0.5..0.5).contains(&v));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn uniform_init_has_the_right_moments() -> candle_core::Result<()> {
+        let store = ParamStore::new(0, &Device::Cpu);
+        let t =
+            store
+                .var_builder()
+                .get_with_hints(20_000, "w", Init::Uniform { lo: -1.0, up: 1.0 })?;
+        let mean = t.mean_all()?.to_scalar::<f32>()?;
+        let var = t.sqr()?.mean_all()?.to_scalar::<f32>()?;
+        assert!(mean.abs() < 0.02, "mean {mean}");
+        assert!((var - 1.0 / 3.0).abs() < 0.01, "var {var}");
+        Ok(())
+    }
+
+    #[test]
+    fn existing_builder_refuses_new_names_and_records_use() -> candle_core::Result<()> {
+        let store = ParamStore::new(0, &Device::Cpu);
+        store.var_builder().get(3, "a")?;
+        let (vb, used) = store.existing_var_builder();
+        vb.get(3, "a")?;
+        assert!(vb.get(3, "b").is_err());
+        assert!(vb.get(4, "a").is_err());
+        assert_eq!(used.lock().unwrap_or_else(PoisonError::into_inner).len(), 1);
+        assert_eq!(store.names(), vec!["a".to_string()]);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_bytes_are_bad_file() -> candle_core::Result<()> {
+        let store = ParamStore::new(0, &Device::Cpu);
+        store.var_builder().get(3, "a")?;
+        let err = store.load_from_bytes(b"definitely not safetensors", Path::new("x.safetensors"));
+        assert!(matches!(err, Err(Error::BadFile { .. })), "{err:?}");
+        let err = store.load_from_bytes(&[], Path::new("x.safetensors"));
+        assert!(matches!(err, Err(Error::BadFile { .. })), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn loading_into_an_empty_store_is_a_config_error() {
+        let store = ParamStore::new(0, &Device::Cpu);
+        let err = store.load_from_bytes(&[], Path::new("x.safetensors"));
+        assert!(matches!(err, Err(Error::BadFile { .. })));
+        let other = ParamStore::new(0, &Device::Cpu);
+        let bytes = other.to_safetensors_bytes();
+        assert!(bytes.is_ok());
+        if let Ok(bytes) = bytes {
+            let err = store.load_from_bytes(&bytes, Path::new("x.safetensors"));
+            assert!(matches!(err, Err(Error::Config(_))), "{err:?}");
+        }
+    }
+}

@@ -31,9 +31,16 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("failed to fetch `{name}`"))?;
             match outcome {
                 FetchOutcome::AlreadyPresent(path) => {
-                    println!("{name} is already present at {} (use --force to fetch again)", path.display())
+                    println!(
+                        "{name} is already present at {} (use --force to fetch again)",
+                        path.display()
+                    )
                 }
-                FetchOutcome::Fetched { path, bytes, seconds } => println!(
+                FetchOutcome::Fetched {
+                    path,
+                    bytes,
+                    seconds,
+                } => println!(
                     "{name}: {:.1} MB fetched, checksum verified, unpacked to {} in {seconds:.1} s",
                     bytes as f64 / 1e6,
                     path.display()
@@ -41,7 +48,11 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        DataAction::Info { name, data_dir, json } => info(&name, data_dir.as_deref(), json),
+        DataAction::Info {
+            name,
+            data_dir,
+            json,
+        } => info(&name, data_dir.as_deref(), json),
     }
 }
 
@@ -83,7 +94,11 @@ fn info(name: &str, data_dir: Option<&std::path::Path>, as_json: bool) -> anyhow
     );
     for s in &splits {
         match s.get("error") {
-            Some(e) => println!("{:<6} not available: {}", s["split"].as_str().unwrap_or(""), e.as_str().unwrap_or("")),
+            Some(e) => println!(
+                "{:<6} not available: {}",
+                s["split"].as_str().unwrap_or(""),
+                e.as_str().unwrap_or("")
+            ),
             None => println!(
                 "{:<6} {} images, {} classes, shape {}, loaded in {:.2} s",
                 s["split"].as_str().unwrap_or(""),

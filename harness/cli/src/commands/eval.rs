@@ -15,10 +15,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let normalization = test_data.id.info().normalization;
     let test_set = limit(test_data.set, args.data.test_limit, args.seed)?;
     let (spec, params, model) = build_model(&args.model, &test_set, 0, &device)?;
-    params
-        .load(&args.weights)
-        .with_context(|| format!("failed to load {} as {}", args.weights.display(), spec.arch.id()))?;
-    let eval = harness_core::eval::evaluate(&*model, &test_set, Some(&normalization), args.batch_size, &device)?;
+    params.load(&args.weights).with_context(|| {
+        format!(
+            "failed to load {} as {}",
+            args.weights.display(),
+            spec.arch.id()
+        )
+    })?;
+    let eval = harness_core::eval::evaluate(
+        &*model,
+        &test_set,
+        Some(&normalization),
+        args.batch_size,
+        &device,
+    )?;
     if args.run.json {
         print_json(&json!({
             "command": "eval",

@@ -29,7 +29,11 @@ pub fn run(args: ListArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|d| DatasetRow {
             id: d.id,
-            classes: if d.num_classes == 0 { "from folders".into() } else { d.num_classes.to_string() },
+            classes: if d.num_classes == 0 {
+                "from folders".into()
+            } else {
+                d.num_classes.to_string()
+            },
             shape: d
                 .image_shape
                 .map(|(c, h, w)| format!("{c}x{h}x{w}"))
@@ -54,8 +58,14 @@ pub fn run(args: ListArgs) -> anyhow::Result<()> {
             "models": models.iter().map(|m| json!({"id": m.id, "parameters": m.parameters, "description": m.description})).collect::<Vec<_>>(),
         }));
     }
-    println!("Datasets (--dataset):\n{}\n", Table::new(&datasets).with(Style::rounded()));
-    println!("Models (--model):\n{}", Table::new(&models).with(Style::rounded()));
+    println!(
+        "Datasets (--dataset):\n{}\n",
+        Table::new(&datasets).with(Style::rounded())
+    );
+    println!(
+        "Models (--model):\n{}",
+        Table::new(&models).with(Style::rounded())
+    );
     println!("\nimage-folder:PATH reads PATH/{{train,test}}/<class>/*.jpg|png.");
     Ok(())
 }

@@ -42,7 +42,9 @@ pub fn load_split(opts: &DataOpts, split: Split, progress: bool) -> anyhow::Resu
 /// Keeps at most `limit` images, class-balanced and seeded; the whole set when `limit` is None.
 pub fn limit(set: ImageSet, limit: Option<usize>, seed: u64) -> anyhow::Result<ImageSet> {
     match limit {
-        Some(0) => Err(crate::exit::UsageError("a limit of 0 images leaves nothing to use".into()).into()),
+        Some(0) => {
+            Err(crate::exit::UsageError("a limit of 0 images leaves nothing to use".into()).into())
+        }
         Some(n) if n < set.len() => {
             let idx = datasets::split::stratified_subset(&set, n, seed);
             Ok(set.select(&idx))
@@ -67,7 +69,11 @@ pub fn build_model(
         .into());
     }
     if !(opts.width.is_finite() && opts.width > 0.0) {
-        return Err(crate::exit::UsageError(format!("--width must be positive, got {}", opts.width)).into());
+        return Err(crate::exit::UsageError(format!(
+            "--width must be positive, got {}",
+            opts.width
+        ))
+        .into());
     }
     let spec = ModelSpec {
         arch,

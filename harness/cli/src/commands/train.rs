@@ -63,7 +63,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eval_set: args.eval_every_epoch.then_some(&test_set),
         stop_after_epochs: None,
     };
-    let report = train(&*model, &params, &train_set, &cfg, &CrossEntropy, &opts, &device)?;
+    let report = train(
+        &*model,
+        &params,
+        &train_set,
+        &cfg,
+        &CrossEntropy,
+        &opts,
+        &device,
+    )?;
     let eval = harness_core::eval::evaluate(
         &*model,
         &test_set,
@@ -114,7 +122,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             report.train_seconds,
             report.images_per_second
         );
-        println!("weights: {}  run card: {}", args.out.display(), card.display());
+        println!(
+            "weights: {}  run card: {}",
+            args.out.display(),
+            card.display()
+        );
     }
     Ok(())
 }

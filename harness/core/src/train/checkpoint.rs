@@ -59,7 +59,12 @@ impl Checkpoint {
             .into_iter()
             .map(|(n, v)| (format!("param.{n}"), v.as_tensor().clone()))
             .collect();
-        tensors.extend(params.buffers().into_iter().map(|(n, t)| (format!("param.{n}"), t)));
+        tensors.extend(
+            params
+                .buffers()
+                .into_iter()
+                .map(|(n, t)| (format!("param.{n}"), t)),
+        );
         tensors.extend(opt.state());
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
@@ -72,11 +77,12 @@ impl Checkpoint {
                 })?,
             ),
         ]);
-        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
-            .map_err(|e| Error::BadFile {
-                path: path.to_path_buf(),
-                message: format!("cannot serialise checkpoint: {e}"),
-            })?;
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+                .map_err(|e| Error::BadFile {
+                    path: path.to_path_buf(),
+                    message: format!("cannot serialise checkpoint: {e}"),
+                })?;
         write_atomically(path, &bytes)
     }
 
@@ -87,14 +93,20 @@ impl Checkpoint {
             path: path.to_path_buf(),
             message,
         };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| bad(format!("not a checkpoint (unreadable safetensors: {e}); delete it to start afresh")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+            bad(format!(
+                "not a checkpoint (unreadable safetensors: {e}); delete it to start afresh"
+            ))
+        })?;
         let meta = meta.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(bad(format!("not a {FORMAT} file; delete it to start afresh")));
+            return Err(bad(format!(
+                "not a {FORMAT} file; delete it to start afresh"
+            )));
         }
-        let history: Vec<EpochStats> = serde_json::from_str(meta.get("history").map(String::as_str).unwrap_or(""))
-            .map_err(|e| bad(format!("corrupt epoch history: {e}")))?;
+        let history: Vec<EpochStats> =
+            serde_json::from_str(meta.get("history").map(String::as_str).unwrap_or(""))
+                .map_err(|e| bad(format!("corrupt epoch history: {e}")))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| bad(format!("corrupt tensors: {e}")))?;
         Ok(Self {
@@ -118,7 +130,9 @@ impl Checkpoint {
         for (name, t) in &self.tensors {
             if let Some(pname) = name.strip_prefix("param.") {
                 let var = params.get(pname).ok_or_else(|| {
-                    Error::Config(format!("checkpoint holds `{pname}`, which this model lacks"))
+                    Error::Config(format!(
+                        "checkpoint holds `{pname}`, which this model lacks"
+                    ))
                 })?;
                 if var.dims() != t.dims() {
                     return Err(Error::Config(format!(

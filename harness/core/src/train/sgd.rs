@@ -115,13 +115,18 @@ impl Sgd {
         self.vars
             .iter()
             .zip(&self.buffers)
-            .filter_map(|((name, _), b)| b.as_ref().map(|b| (format!("momentum.{name}"), b.clone())))
+            .filter_map(|((name, _), b)| {
+                b.as_ref().map(|b| (format!("momentum.{name}"), b.clone()))
+            })
             .collect()
     }
 
     /// Restores momentum buffers saved by [`Sgd::state`]; unknown names are an error so that a
     /// checkpoint of another model is never half-applied.
-    pub fn load_state(&mut self, state: &std::collections::HashMap<String, Tensor>) -> crate::Result<()> {
+    pub fn load_state(
+        &mut self,
+        state: &std::collections::HashMap<String, Tensor>,
+    ) -> crate::Result<()> {
         for ((name, var), buf) in self.vars.iter().zip(self.buffers.iter_mut()) {
             if let Some(t) = state.get(&format!("momentum.{name}")) {
                 if t.dims() != var.dims() {
@@ -134,8 +139,11 @@ impl Sgd {
                 *buf = Some(t.to_device(var.device())?.to_dtype(var.dtype())?);
             }
         }
-        let known: std::collections::HashSet<String> =
-            self.vars.iter().map(|(n, _)| format!("momentum.{n}")).collect();
+        let known: std::collections::HashSet<String> = self
+            .vars
+            .iter()
+            .map(|(n, _)| format!("momentum.{n}"))
+            .collect();
         if let Some(extra) = state.keys().find(|k| !known.contains(*k)) {
             return Err(crate::Error::Config(format!(
                 "checkpoint holds optimiser state `{extra}` for a parameter this model lacks"

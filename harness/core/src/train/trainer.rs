@@ -160,10 +160,14 @@ pub fn train(
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut counted, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
         let mut lr = cfg.sgd.lr;
-        for (i, batch) in epoch_batches(set, &batch_cfg, cfg.seed, epoch as u64, device)?.enumerate() {
+        for (i, batch) in
+            epoch_batches(set, &batch_cfg, cfg.seed, epoch as u64, device)?.enumerate()
+        {
             let batch = batch?;
             let step = epoch * steps_per_epoch + i;
-            lr = cfg.schedule.lr_at(cfg.sgd.lr, step, total_steps, steps_per_epoch);
+            lr = cfg
+                .schedule
+                .lr_at(cfg.sgd.lr, step, total_steps, steps_per_epoch);
             opt.set_learning_rate(lr);
             let out = objective.loss(model, &batch)?;
             opt.backward_step(&out.loss)?;
@@ -236,21 +240,17 @@ fn epoch_bar(show: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressB
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(steps as u64);
-    let style = ProgressStyle::with_template(
-        "{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} (eta {eta})",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style =
+        ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
     bar.set_style(style);
     bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
     bar
 }
 
 fn format_epoch(s: &EpochStats, epochs: usize) -> String {
-    let mut line = format!(
-        "epoch {:>3}/{epochs}  loss {:.4}",
-        s.epoch, s.train_loss
-    );
+    let mut line = format!("epoch {:>3}/{epochs}  loss {:.4}", s.epoch, s.train_loss);
     if let Some(acc) = s.train_accuracy {
         line.push_str(&format!("  train-acc {acc:.4}"));
     }
@@ -259,7 +259,10 @@ fn format_epoch(s: &EpochStats, epochs: usize) -> String {
         s.lr, s.images_per_second, s.seconds
     ));
     if let Some(e) = &s.eval {
-        line.push_str(&format!("  test-acc {:.4}  test-loss {:.4}", e.top1, e.loss));
+        line.push_str(&format!(
+            "  test-acc {:.4}  test-loss {:.4}",
+            e.top1, e.loss
+        ));
     }
     line
 }

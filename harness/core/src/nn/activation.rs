@@ -1,0 +1,33 @@
+//! Activations, run through [`ops`].
+
+use candle_core::{Result, Tensor};
+
+use super::ops;
+
+/// `max(x, 0)`.
+pub fn relu(xs: &Tensor) -> Result<Tensor> {
+    ops::relu(xs)
+}
+
+/// `min(max(x, 0), 6)`, the clipped ReLU of the original MobileNetV2.
+pub fn relu6(xs: &Tensor) -> Result<Tensor> {
+    ops::relu6(xs)
+}
+
+/// An activation as a value, for layer lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// [`relu`].
+    Relu,
+    /// [`relu6`].
+    Relu6,
+}
+
+impl candle_nn::Module for Activation {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Relu => relu(xs),
+            Activation::Relu6 => relu6(xs),
+        }
+    }
+}
