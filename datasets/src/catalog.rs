@@ -79,20 +79,27 @@ pub enum DatasetId {
     TinyImagenet,
     /// Any `train/<class>/*` + `test/<class>/*` tree of JPEG or PNG files.
     ImageFolder(PathBuf),
-    /// Generated, learnable images for tests and smoke runs; needs no files.
-    Synthetic,
+    /// Generated, learnable images for tests and smoke runs; needs no files. The value is the
+    /// image side in pixels (`synthetic` = 32, `synthetic:16` = 16): small images keep tests fast.
+    Synthetic(usize),
 }
+
+/// Prefix of synthetic ids with an explicit image side.
+const SYNTHETIC_PREFIX: &str = "synthetic:";
+/// Image side of plain `synthetic`.
+pub const SYNTHETIC_DEFAULT_SIZE: usize = 32;
 
 /// Prefix of image-folder ids.
 const IMAGE_FOLDER_PREFIX: &str = "image-folder:";
 
 /// Every id [`DatasetId::parse`] accepts, as shown to users.
-const ALL_IDS: [&str; 6] = [
+const ALL_IDS: [&str; 7] = [
     "cifar10",
     "cifar100",
     "cifar100-coarse",
     "tiny-imagenet",
     "synthetic",
+    "synthetic:<size>",
     "image-folder:<path>",
 ];
 
@@ -124,13 +131,22 @@ impl DatasetId {
             }
             return Ok(DatasetId::ImageFolder(PathBuf::from(path)));
         }
+        if let Some(size) = strip_prefix_ignore_case(trimmed, SYNTHETIC_PREFIX) {
+            return match size.parse::<usize>() {
+                Ok(n) if (4..=256).contains(&n) => Ok(DatasetId::Synthetic(n)),
+                _ => Err(DataError::InvalidOption(format!(
+                    "`{trimmed}`: the synthetic image side must be a whole number from 4 to 256, \
+                     e.g. synthetic:16"
+                ))),
+            };
+        }
         let key = trimmed.to_ascii_lowercase().replace('_', "-");
         match key.as_str() {
             "cifar10" => Ok(DatasetId::Cifar10),
             "cifar100" => Ok(DatasetId::Cifar100),
             "cifar100-coarse" => Ok(DatasetId::Cifar100Coarse),
             "tiny-imagenet" => Ok(DatasetId::TinyImagenet),
-            "synthetic" => Ok(DatasetId::Synthetic),
+            "synthetic" => Ok(DatasetId::Synthetic(SYNTHETIC_DEFAULT_SIZE)),
             _ => Err(DataError::UnknownDataset {
                 name: name.to_string(),
                 suggestions: suggestions(&key),
@@ -143,6 +159,8 @@ impl DatasetId {
     pub fn id(&self) -> String {
         match self {
             DatasetId::ImageFolder(path) => format!("{IMAGE_FOLDER_PREFIX}{}", path.display()),
+            DatasetId::Synthetic(SYNTHETIC_DEFAULT_SIZE) => "synthetic".into(),
+            DatasetId::Synthetic(n) => format!("{SYNTHETIC_PREFIX}{n}"),
             other => other.info().id.to_string(),
         }
     }
@@ -190,11 +208,12 @@ impl DatasetId {
                 normalization: Normalization::IMAGENET,
                 layout: IMAGE_FOLDER_LAYOUT,
             },
-            DatasetId::Synthetic => DatasetInfo {
+            DatasetId::Synthetic(n) => DatasetInfo {
                 id: "synthetic",
-                description: "Generated 3x32x32 images in 10 learnable classes (512 train, 256 test); needs no files",
+                description: "Generated images in 10 learnable classes (512 train, 256 test), 32x32 or \
+                              synthetic:<size>; needs no files",
                 num_classes: 10,
-                image_shape: Some((3, 32, 32)),
+                image_shape: Some((3, *n, *n)),
                 normalization: Normalization::SYNTHETIC,
                 layout: "nothing: generated in memory",
             },
@@ -248,7 +267,7 @@ pub fn builtin() -> Vec<DatasetInfo> {
         DatasetId::Cifar100,
         DatasetId::Cifar100Coarse,
         DatasetId::TinyImagenet,
-        DatasetId::Synthetic,
+        DatasetId::Synthetic(SYNTHETIC_DEFAULT_SIZE),
         DatasetId::ImageFolder(PathBuf::new()),
     ]
     .iter()
@@ -340,8 +359,15 @@ pub fn load_with_origin(
             let root = resolve_image_folder(root, data_dir)?;
             crate::image_folder::load(&root, &id.id(), split, opts)
         }
-        DatasetId::Synthetic => Ok(Loaded {
-            set: crate::synthetic::generate(&crate::synthetic::SyntheticSpec::default(), split),
+        DatasetId::Synthetic(n) => Ok(Loaded {
+            set: crate::synthetic::generate(
+                &crate::synthetic::SyntheticSpec {
+                    height: *n,
+                    width: *n,
+                    ..Default::default()
+                },
+                split,
+            ),
             origin: Origin::Generated,
         }),
     }

@@ -459,11 +459,23 @@ fn image_folder_missing() {
 #[test]
 fn synthetic_needs_no_files_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
-    let a = load_with_origin(&DatasetId::Synthetic, dir.path(), Split::Train, &uncached()).unwrap();
+    let a = load_with_origin(
+        &DatasetId::Synthetic(32),
+        dir.path(),
+        Split::Train,
+        &uncached(),
+    )
+    .unwrap();
     assert_eq!(a.origin, Origin::Generated);
-    let b = load(&DatasetId::Synthetic, dir.path(), Split::Train, &uncached()).unwrap();
+    let b = load(
+        &DatasetId::Synthetic(32),
+        dir.path(),
+        Split::Train,
+        &uncached(),
+    )
+    .unwrap();
     assert_eq!(a.set, b);
-    let info = DatasetId::Synthetic.info();
+    let info = DatasetId::Synthetic(32).info();
     assert_eq!(info.image_shape, Some((b.channels, b.height, b.width)));
     assert_eq!(info.num_classes, b.num_classes());
 }
