@@ -93,13 +93,12 @@ pub const SYNTHETIC_DEFAULT_SIZE: usize = 32;
 const IMAGE_FOLDER_PREFIX: &str = "image-folder:";
 
 /// Every id [`DatasetId::parse`] accepts, as shown to users.
-const ALL_IDS: [&str; 7] = [
+const ALL_IDS: [&str; 6] = [
     "cifar10",
     "cifar100",
     "cifar100-coarse",
     "tiny-imagenet",
     "synthetic",
-    "synthetic:<size>",
     "image-folder:<path>",
 ];
 
@@ -458,6 +457,27 @@ mod tests {
             DatasetId::parse("image-folder:"),
             Err(DataError::InvalidOption(_))
         ));
+    }
+
+    #[test]
+    fn synthetic_takes_an_image_side() {
+        assert_eq!(
+            DatasetId::parse("synthetic").unwrap(),
+            DatasetId::Synthetic(32)
+        );
+        assert_eq!(
+            DatasetId::parse("synthetic:16").unwrap(),
+            DatasetId::Synthetic(16)
+        );
+        assert_eq!(DatasetId::Synthetic(16).id(), "synthetic:16");
+        assert_eq!(DatasetId::Synthetic(32).id(), "synthetic");
+        assert_eq!(DatasetId::Synthetic(8).info().image_shape, Some((3, 8, 8)));
+        for bad in ["synthetic:2", "synthetic:x", "synthetic:"] {
+            assert!(
+                matches!(DatasetId::parse(bad), Err(DataError::InvalidOption(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The training loop end to end on tiny synthetic data: it learns, it is deterministic, and an
 //! interrupted run resumed from its checkpoint ends bit-identical to an uninterrupted one.
-#![expect(clippy::unwrap_used, reason = "test helpers panic on failure by design")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers panic on failure by design"
+)]
 
 use candle_core::Device;
 use datasets::catalog::{DatasetId, LoadOptions, load};
