@@ -241,22 +241,20 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-/// Up to three ids close to `key` (Jaro-Winkler similarity above 0.7), best first.
+/// Up to three ids close to `key`, best first.
 fn suggestions(key: &str) -> Vec<String> {
-    let mut scored: Vec<(f64, &str)> = ALL_IDS
-        .iter()
-        .map(|id| {
-            let bare = id.strip_suffix(":<path>").unwrap_or(id);
-            (strsim::jaro_winkler(key, bare), *id)
-        })
-        .filter(|(score, _)| *score > 0.7)
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
-    scored
-        .into_iter()
-        .take(3)
-        .map(|(_, id)| id.to_string())
-        .collect()
+    crate::names::suggest(
+        key,
+        ALL_IDS
+            .iter()
+            .map(|id| id.strip_suffix(":<path>").unwrap_or(id)),
+    )
+    .into_iter()
+    .map(|id| match id.as_str() {
+        "image-folder" => "image-folder:<path>".to_string(),
+        _ => id,
+    })
+    .collect()
 }
 
 /// Facts about every dataset the harness can load, for `harness list`.

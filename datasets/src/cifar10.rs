@@ -86,25 +86,8 @@ fn parse_records(
     images: &mut Vec<u8>,
     labels: &mut Vec<u32>,
 ) -> Result<()> {
-    if bytes.is_empty() {
-        return Err(DataError::format(
-            path,
-            format!("empty file; expected records of {RECORD_BYTES} bytes (1 label + 3072 pixels)"),
-        ));
-    }
-    let whole = bytes.len() / RECORD_BYTES;
-    if bytes.len() % RECORD_BYTES != 0 {
-        let offset = whole * RECORD_BYTES;
-        return Err(DataError::format(
-            path,
-            format!(
-                "truncated: record {whole} at byte offset {offset} has {} of {RECORD_BYTES} bytes \
-                 (file is {} bytes, not a multiple of {RECORD_BYTES}); fetch the dataset again",
-                bytes.len() - offset,
-                bytes.len()
-            ),
-        ));
-    }
+    let whole =
+        crate::records::whole_records(path, bytes.len(), RECORD_BYTES, "1 label + 3072 pixels")?;
     images.reserve(whole * IMAGE_BYTES);
     labels.reserve(whole);
     for (i, record) in bytes.chunks_exact(RECORD_BYTES).enumerate() {

@@ -198,28 +198,12 @@ pub fn load(data_dir: &Path, split: Split, kind: LabelKind) -> Result<ImageSet> 
 /// of every record. The pixels are compacted in place, so the file's buffer becomes the image
 /// buffer without a second copy of the dataset in memory.
 fn parse_records(path: &Path, mut bytes: Vec<u8>, kind: LabelKind) -> Result<(Vec<u8>, Vec<u32>)> {
-    if bytes.is_empty() {
-        return Err(DataError::format(
-            path,
-            format!(
-                "empty file; expected records of {RECORD_BYTES} bytes (coarse label, fine label, \
-                 3072 pixels)"
-            ),
-        ));
-    }
-    let whole = bytes.len() / RECORD_BYTES;
-    if bytes.len() % RECORD_BYTES != 0 {
-        let offset = whole * RECORD_BYTES;
-        return Err(DataError::format(
-            path,
-            format!(
-                "truncated: record {whole} at byte offset {offset} has {} of {RECORD_BYTES} bytes \
-                 (file is {} bytes, not a multiple of {RECORD_BYTES}); fetch the dataset again",
-                bytes.len() - offset,
-                bytes.len()
-            ),
-        ));
-    }
+    let whole = crate::records::whole_records(
+        path,
+        bytes.len(),
+        RECORD_BYTES,
+        "coarse label, fine label, 3072 pixels",
+    )?;
     let mut labels = Vec::with_capacity(whole);
     for (i, record) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
         let (coarse, fine) = (record[0], record[1]);

@@ -8,7 +8,7 @@ pub type Result<T, E = DataError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// An id that no dataset has.
-    #[error("unknown dataset `{name}`{}; available: {}", did_you_mean(.suggestions), .available.join(", "))]
+    #[error("unknown dataset `{name}`{}; available: {}", crate::names::did_you_mean(.suggestions), .available.join(", "))]
     UnknownDataset {
         /// What the user asked for.
         name: String,
@@ -84,14 +84,6 @@ pub enum DataError {
     /// A tensor operation failed while building a batch.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
-}
-
-fn did_you_mean(suggestions: &[String]) -> String {
-    match suggestions {
-        [] => String::new(),
-        [one] => format!(" (did you mean `{one}`?)"),
-        many => format!(" (did you mean one of `{}`?)", many.join("`, `")),
-    }
 }
 
 impl DataError {

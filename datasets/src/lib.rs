@@ -18,6 +18,8 @@ pub mod cifar100;
 pub mod data_dir;
 pub mod download;
 pub mod image_folder;
+pub mod names;
+mod records;
 pub mod split;
 pub mod synthetic;
 pub mod tiny_imagenet;

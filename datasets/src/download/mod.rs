@@ -115,40 +115,12 @@ pub fn source(dataset: &str) -> Result<&'static Source> {
     if let Some(found) = SOURCES.iter().find(|s| s.dataset == dataset) {
         return Ok(found);
     }
-    let wanted = normalise(dataset);
-    // `CIFAR-10`, `tiny_imagenet`: the same id spelled differently gets exactly one suggestion;
-    // otherwise every id that is close enough, best first.
-    let same: Vec<String> = SOURCES
-        .iter()
-        .filter(|s| normalise(s.dataset) == wanted)
-        .map(|s| s.dataset.to_string())
-        .collect();
-    let suggestions = if same.is_empty() {
-        let mut scored: Vec<(f64, &str)> = SOURCES
-            .iter()
-            .map(|s| {
-                let score = strsim::normalized_levenshtein(&wanted, &normalise(s.dataset));
-                (score, s.dataset)
-            })
-            .filter(|(score, _)| *score >= 0.5)
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.into_iter().map(|(_, id)| id.to_string()).collect()
-    } else {
-        same
-    };
+    let suggestions = crate::names::suggest(dataset, SOURCES.iter().map(|s| s.dataset));
     Err(DataError::UnknownDataset {
         name: dataset.to_string(),
         suggestions,
         available: SOURCES.iter().map(|s| s.dataset.to_string()).collect(),
     })
-}
-
-fn normalise(id: &str) -> String {
-    id.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
 }
 
 /// How a fetch should behave; filled by the CLI from its flags and environment.

@@ -73,30 +73,8 @@ pub enum Error {
     Tensor(#[from] candle_core::Error),
 }
 
-/// Formats " (did you mean `x`?)" for a list of suggestions, or nothing when there are none.
-pub(crate) fn did_you_mean(suggestions: &[String]) -> String {
-    match suggestions {
-        [] => String::new(),
-        [one] => format!(" (did you mean `{one}`?)"),
-        many => format!(" (did you mean one of `{}`?)", many.join("`, `")),
-    }
-}
-
-/// The valid names closest to `name` (Jaro-Winkler similarity above 0.7, best first, at most 3),
-/// for "did you mean" answers throughout the harness.
-pub fn suggest<'a>(name: &str, valid: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let mut scored: Vec<(f64, &str)> = valid
-        .into_iter()
-        .map(|v| (strsim::jaro_winkler(&name.to_lowercase(), v), v))
-        .filter(|(s, _)| *s > 0.7)
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    scored
-        .into_iter()
-        .take(3)
-        .map(|(_, v)| v.to_string())
-        .collect()
-}
+use datasets::names::did_you_mean;
+pub use datasets::names::suggest;
 
 impl Error {
     /// Shorthand for an [`Error::Io`].

@@ -5,6 +5,7 @@
 //! and, with the `cuda` feature, on a GPU.
 #![warn(missing_docs)]
 
+pub mod atomic_file;
 mod error;
 
 pub mod eval;

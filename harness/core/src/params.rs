@@ -20,9 +20,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use candle_core::{DType, Device, Shape, Tensor, Var, bail};
@@ -220,34 +218,7 @@ impl ParamStore {
     /// Writes every tensor to `path` as safetensors (see the module docs for the format). The
     /// write is atomic: a temporary file in the same folder, synced, then renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let bytes = self.to_safetensors_bytes()?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "params".to_string());
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()));
-        let written = (|| -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(&tmp, e));
-        }
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
-        })
+        crate::atomic_file::write_atomically(path, &self.to_safetensors_bytes()?)
     }
 
     /// Overwrites every variable with the tensor of the same name in the safetensors file at

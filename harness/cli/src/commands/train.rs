@@ -132,14 +132,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn write_json_atomically(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| std::path::Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("failed to create a temporary file in {}", dir.display()))?;
-    serde_json::to_writer_pretty(&mut tmp, value)?;
-    tmp.persist(path)
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    Ok(())
+    let bytes = serde_json::to_vec_pretty(value)?;
+    harness_core::atomic_file::write_atomically(path, &bytes)
+        .with_context(|| format!("failed to write {}", path.display()))
 }

@@ -3,7 +3,6 @@
 //! the run, so a checkpoint is only ever resumed by the run that wrote it.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -83,7 +82,7 @@ impl Checkpoint {
                     path: path.to_path_buf(),
                     message: format!("cannot serialise checkpoint: {e}"),
                 })?;
-        write_atomically(path, &bytes)
+        crate::atomic_file::write_atomically(path, &bytes)
     }
 
     /// Reads a checkpoint; anything that is not one of ours is a clear error.
@@ -148,19 +147,4 @@ impl Checkpoint {
         }
         opt.load_state(&momentum)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers
-/// see either the old file or the new one, never a half-written one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
 }
