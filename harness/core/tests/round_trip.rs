@@ -206,8 +206,12 @@ fn broken_files_are_errors_not_panics() -> Result<()> {
     }
     let missing = dir.path().join("missing.safetensors");
     assert!(matches!(load_err(&store, &missing), Error::Io { .. }));
-    let nowhere = dir.path().join("no").join("such").join("dir.safetensors");
-    assert!(matches!(store.save(&nowhere), Err(Error::Io { .. })));
+    // Missing folders are created; a folder that cannot exist (under a file) is an I/O error.
+    let nested = dir.path().join("new").join("folder").join("m.safetensors");
+    store.save(&nested)?;
+    assert!(nested.exists());
+    let under_file = path_under_a_file(&dir);
+    assert!(matches!(store.save(&under_file), Err(Error::Io { .. })));
     // Integer weights are refused with the tensor's name.
     let mut tensors = candle_core::safetensors::load_buffer(&bytes, &cpu())?;
     tensors.insert("fc.bias".into(), Tensor::zeros(10, DType::U8, &cpu())?);
@@ -352,4 +356,11 @@ fn deep_copies_are_independent() -> Result<()> {
     w.set(&Tensor::ones(10, DType::F32, &cpu())?)?;
     assert!(copy.to_safetensors_bytes()? != store.to_safetensors_bytes()?);
     Ok(())
+}
+
+/// A path whose parent is a regular file, so no folder can be created there (even as root).
+fn path_under_a_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").expect("write a plain file");
+    file.join("m.safetensors")
 }
