@@ -11,6 +11,7 @@ mod error;
 pub mod eval;
 pub mod nn;
 pub mod params;
+pub mod protect;
 pub mod train;
 pub mod zoo;
 

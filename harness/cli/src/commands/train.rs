@@ -61,7 +61,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         log_epochs: progress,
         checkpoint: args.checkpoint.clone(),
         eval_set: args.eval_every_epoch.then_some(&test_set),
-        stop_after_epochs: None,
+        ..TrainOptions::default()
     };
     let report = train(
         &*model,

@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod batch_norm;
 pub mod conv;
+pub mod cpu;
 pub mod linear;
 pub mod ops;
 pub mod pool;

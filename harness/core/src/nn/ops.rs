@@ -1,13 +1,17 @@
 //! The numerical kernels behind every layer, in one place.
 //!
 //! Layers and models call only these functions, so a faster implementation for one device (fused
-//! CPU kernels, say) replaces a body here without touching a layer or a model. Today every
-//! function is built from stock candle tensor ops, which run on any device and carry autograd.
+//! CPU kernels, say) replaces a body here without touching a layer or a model. f32 tensors on the
+//! CPU go to the fused kernels of [`cpu`](super::cpu) (unless `PROTBENCH_STOCK_KERNELS=1` or
+//! [`cpu::set_enabled`](super::cpu::set_enabled) turns them off); everything else runs stock
+//! candle tensor ops, which work on any device and carry autograd.
 //!
 //! Shapes are PyTorch's: activations N x C x H x W, convolution weights O x I/groups x kH x kW,
 //! linear weights out x in.
 
 use candle_core::{D, Result, Tensor, bail};
+
+use super::cpu;
 
 /// Batch-norm epsilon, PyTorch's default.
 pub const BN_EPS: f64 = 1e-5;
@@ -31,7 +35,9 @@ pub fn conv2d(
     }
     let (_, c_in, _, _) = x.dims4()?;
     let (c_out, c_in_per_group, kh, kw) = weight.dims4()?;
-    let ys = if groups > 1 && groups == c_in && c_out == c_in && c_in_per_group == 1 && kh == kw {
+    let ys = if cpu::applies(&[x, weight]) {
+        cpu::conv2d(x, weight, stride, padding, groups)?
+    } else if groups > 1 && groups == c_in && c_out == c_in && c_in_per_group == 1 && kh == kw {
         depthwise_conv2d(x, weight, stride, padding)?
     } else {
         x.conv2d(weight, padding, stride, 1, groups)?
@@ -135,6 +141,9 @@ pub fn batch_norm_train(
             x.dims()
         )
     }
+    if cpu::applies(&[x, weight, bias]) {
+        return fast_batch_norm_train(x, weight, bias, eps, false);
+    }
     let mean = x.mean_keepdim((0, 2, 3))?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
@@ -150,6 +159,47 @@ pub fn batch_norm_train(
     })
 }
 
+/// [`batch_norm_train`] followed by [`relu`], fused into one kernel on the CPU (one pass fewer
+/// forward, and the ReLU's mask folds into the batch-norm backward).
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<BatchNormTrain> {
+    if cpu::applies(&[x, weight, bias]) {
+        let (n, _, h, w) = x.dims4()?;
+        if n * h * w < 2 {
+            bail!(
+                "batch norm in train mode needs more than 1 value per channel, got input {:?}",
+                x.dims()
+            )
+        }
+        return fast_batch_norm_train(x, weight, bias, eps, true);
+    }
+    let bn = batch_norm_train(x, weight, bias, eps)?;
+    Ok(BatchNormTrain {
+        output: relu(&bn.output)?,
+        ..bn
+    })
+}
+
+fn fast_batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormTrain> {
+    let bn = cpu::batch_norm_train(x, weight, bias, eps, relu)?;
+    Ok(BatchNormTrain {
+        output: bn.output,
+        mean: bn.mean,
+        var: bn.var,
+        count: bn.count,
+    })
+}
+
 /// Batch norm with given statistics (eval mode): `x * scale + shift` with
 /// `scale = weight / sqrt(var + eps)` and `shift = bias - mean * scale`, per channel.
 pub fn batch_norm_eval(
@@ -160,6 +210,9 @@ pub fn batch_norm_eval(
     bias: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    if cpu::applies(&[x, mean, var, weight, bias]) {
+        return cpu::batch_norm_eval(x, mean, var, weight, bias, eps);
+    }
     let c = x.dim(1)?;
     let scale = ((var + eps)?.sqrt()?.recip()? * weight)?;
     let shift = (bias - (mean * &scale)?)?;
@@ -184,6 +237,9 @@ fn crop_for_pool(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
 
 /// Max pooling over `kernel` x `kernel` windows, no padding, floor mode.
 ///
+/// On the CPU (f32) a fused kernel handles any kernel and stride, the gradient going to the
+/// first maximum of each window. Elsewhere:
+///
 /// Non-overlapping windows (`kernel == stride`, the zoo's only case) gather each window into the
 /// last dimension and keep its first maximum through a one-hot mask, so the gradient goes to that
 /// one element, as in PyTorch (ties do happen: a batch norm's output can repeat a value).
@@ -193,6 +249,9 @@ fn crop_for_pool(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
     if kernel == 0 || stride == 0 {
         bail!("max pooling needs kernel >= 1 and stride >= 1, got kernel {kernel}, stride {stride}")
+    }
+    if cpu::applies(&[x]) {
+        return cpu::max_pool2d(x, kernel, stride);
     }
     if kernel != stride {
         return x.max_pool2d_with_stride(kernel, stride);
@@ -217,21 +276,30 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
     (windows * mask)?.sum(4)
 }
 
-/// Average pooling over `kernel` x `kernel` windows, no padding, floor mode. Gradients need
-/// `kernel == stride` (candle's limit).
+/// Average pooling over `kernel` x `kernel` windows, no padding, floor mode. Off the CPU fast
+/// path, gradients need `kernel == stride` (candle's limit).
 pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize) -> Result<Tensor> {
+    if cpu::applies(&[x]) {
+        return cpu::avg_pool2d(x, kernel, stride);
+    }
     crop_for_pool(x, kernel, stride)?.avg_pool2d_with_stride(kernel, stride)
 }
 
 /// Mean over H and W: N x C x H x W -> N x C.
 pub fn global_avg_pool2d(x: &Tensor) -> Result<Tensor> {
-    x.dims4()?;
+    let (_, _, h, w) = x.dims4()?;
+    if h * w > 0 && cpu::applies(&[x]) {
+        return cpu::global_avg_pool2d(x);
+    }
     x.mean((D::Minus2, D::Minus1))
 }
 
 /// `max(x, 0)`. Its gradient at exactly 0 is 1 (candle's choice; PyTorch's is 0), which matters
 /// only for pre-activations that are exactly zero.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if cpu::applies(&[x]) {
+        return cpu::relu(x);
+    }
     x.relu()
 }
 

@@ -30,12 +30,14 @@ impl Checkpoint {
         spec: &ModelSpec,
         objective: &dyn Objective,
         set: &ImageSet,
+        train_only: Option<&[String]>,
     ) -> String {
         let mut h = Sha256::new();
         h.update(FORMAT.as_bytes());
         h.update(serde_json::to_vec(cfg).unwrap_or_default());
         h.update(serde_json::to_vec(spec).unwrap_or_default());
         h.update(objective.id().as_bytes());
+        h.update(serde_json::to_vec(&train_only).unwrap_or_default());
         h.update((set.len() as u64).to_le_bytes());
         for l in &set.labels {
             h.update(l.to_le_bytes());

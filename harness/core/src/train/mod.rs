@@ -11,4 +11,4 @@ pub use checkpoint::Checkpoint;
 pub use objective::{CrossEntropy, Objective, StepLoss, correct_count};
 pub use schedule::Schedule;
 pub use sgd::{Sgd, SgdConfig};
-pub use trainer::{EpochStats, TrainConfig, TrainOptions, TrainReport, train};
+pub use trainer::{EpochStats, StepHook, TrainConfig, TrainOptions, TrainReport, train};

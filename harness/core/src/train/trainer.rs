@@ -51,7 +51,10 @@ impl Default for TrainConfig {
     }
 }
 
-/// Knobs that do not change the result.
+/// Called after every optimiser step, e.g. to re-apply a pruning mask.
+pub type StepHook<'a> = &'a (dyn Fn() -> Result<()> + Sync);
+
+/// How a run is carried out: display, checkpoints, which parameters move, per-step hooks.
 #[derive(Default)]
 pub struct TrainOptions<'a> {
     /// Show a progress bar with images per second on stderr.
@@ -62,6 +65,11 @@ pub struct TrainOptions<'a> {
     pub checkpoint: Option<PathBuf>,
     /// Evaluate on this set after every epoch (classification only).
     pub eval_set: Option<&'a ImageSet>,
+    /// Train only parameters whose name starts with one of these prefixes (e.g. `fc.` for
+    /// fine-tuning the last layer); `None` trains every parameter.
+    pub train_only: Option<Vec<String>>,
+    /// Runs after every optimiser step.
+    pub after_step: Option<StepHook<'a>>,
     /// Stop after this many epochs in this process (with a checkpoint, a later call resumes):
     /// for time-sliced jobs on preemptible machines.
     pub stop_after_epochs: Option<usize>,
@@ -130,9 +138,29 @@ pub fn train(
     };
     let steps_per_epoch = num_batches(set.len(), &batch_cfg);
     let total_steps = steps_per_epoch * cfg.epochs;
-    let mut opt = Sgd::new(params.trainable(), cfg.sgd)?;
+    let vars: Vec<_> = params
+        .trainable()
+        .into_iter()
+        .filter(|(name, _)| match &opts.train_only {
+            None => true,
+            Some(prefixes) => prefixes.iter().any(|p| name.starts_with(p.as_str())),
+        })
+        .collect();
+    if vars.is_empty() {
+        return Err(Error::Config(format!(
+            "no parameter matches the prefixes {:?}",
+            opts.train_only.as_deref().unwrap_or_default()
+        )));
+    }
+    let mut opt = Sgd::new(vars, cfg.sgd)?;
 
-    let fingerprint = Checkpoint::fingerprint(cfg, model.spec(), objective, set);
+    let fingerprint = Checkpoint::fingerprint(
+        cfg,
+        model.spec(),
+        objective,
+        set,
+        opts.train_only.as_deref(),
+    );
     let mut history = Vec::new();
     if let Some(path) = opts.checkpoint.as_ref().filter(|p| p.exists()) {
         let ckpt = Checkpoint::load(path, device)?;
@@ -171,6 +199,9 @@ pub fn train(
             opt.set_learning_rate(lr);
             let out = objective.loss(model, &batch)?;
             opt.backward_step(&out.loss)?;
+            if let Some(hook) = opts.after_step {
+                hook()?;
+            }
             let n = batch.indices.len();
             let loss = out.loss.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {

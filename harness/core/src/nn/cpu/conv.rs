@@ -1,0 +1,443 @@
+//! 2-D convolution (square kernels, dilation 1, symmetric zero padding, groups) as a candle
+//! custom op with forward and backward.
+//!
+//! Dense and grouped convolutions are matrix products per image and group:
+//! `y = W[O, C*k*k] x cols[C*k*k, Ho*Wo]`, `dW += dY x cols^T`, `dX = col2im(W^T x dY)`.
+//! Images are spread over rayon's threads, one single-threaded gemm per image: the products of
+//! small CIFAR layers (64 x 576 x 64 for ResNet's last stage) are too small to split well, and
+//! per-image work needs no synchronisation except the final sum of per-thread weight gradients.
+//! With fewer images than threads (batch-1 latency) gemm splits each product instead. 1x1
+//! stride-1 convolutions read the image as the column matrix (no im2col). The column buffers
+//! come from [`workspace`](super::workspace) and stay mapped between steps.
+//!
+//! Depthwise convolutions (`groups == C_in == C_out`) run as direct loops over each plane: with
+//! one input channel per output a gemm would be 1 x k*k x Ho*Wo per plane, all overhead.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+use super::gemm::{Mat, sgemm};
+use super::im2col::{Geom, col2im, im2col};
+use super::workspace::Scratch;
+use super::{f32_slice, tensor, threads, with_f32};
+
+/// Shapes of one convolution call.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    cin: usize,
+    cout: usize,
+    groups: usize,
+    /// Per-group geometry (channels of one group).
+    g: Geom,
+}
+
+impl Dims {
+    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize, groups: usize) -> Result<Self> {
+        let (&[n, cin, h, wd], &[cout, cig, kh, kw]) = (x, w) else {
+            bail!("conv2d needs 4-d input and weight, got {x:?} and {w:?}")
+        };
+        if stride == 0 || groups == 0 || cin % groups != 0 || cout % groups != 0 {
+            bail!("conv2d: {cin} -> {cout} channels, stride {stride}, groups {groups} is invalid")
+        }
+        if cig != cin / groups || kh != kw || kh == 0 {
+            bail!("conv2d weight {w:?} does not fit input {x:?} with {groups} groups")
+        }
+        let (hp, wp) = (h + 2 * pad, wd + 2 * pad);
+        if hp < kh || wp < kh {
+            bail!("conv2d kernel {kh}x{kh} is larger than the padded input {hp}x{wp}")
+        }
+        let g = Geom {
+            c: cig,
+            h,
+            w: wd,
+            k: kh,
+            stride,
+            pad,
+            ho: (hp - kh) / stride + 1,
+            wo: (wp - kh) / stride + 1,
+        };
+        Ok(Self {
+            n,
+            cin,
+            cout,
+            groups,
+            g,
+        })
+    }
+
+    fn depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.cin && self.cout == self.cin
+    }
+
+    fn in_image(&self) -> usize {
+        self.cin * self.g.h * self.g.w
+    }
+
+    fn out_image(&self) -> usize {
+        self.cout * self.g.ho * self.g.wo
+    }
+
+    fn out_dims(&self) -> [usize; 4] {
+        [self.n, self.cout, self.g.ho, self.g.wo]
+    }
+}
+
+/// The custom op: operands (input N x C x H x W, weight O x C/groups x k x k).
+#[derive(Debug, Clone, Copy)]
+struct Conv2dOp {
+    stride: usize,
+    pad: usize,
+    groups: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "protbench-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), l2.dims(), self.stride, self.pad, self.groups)?;
+        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let y = if d.depthwise() {
+            depthwise_forward(&d, x, w)
+        } else {
+            gemm_forward(&d, x, w)
+        };
+        Ok((CpuStorage::F32(y), Shape::from(d.out_dims().to_vec())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = Dims::new(x.dims(), w.dims(), self.stride, self.pad, self.groups)?;
+        // The network input (or a frozen weight) needs no gradient; skipping it saves a full
+        // col2im pass on the first layer.
+        let (need_dx, need_dw) = (x.track_op(), w.track_op());
+        let (dx, dw) = with_f32(x, |xs| {
+            with_f32(w, |ws| {
+                with_f32(dy, |dys| {
+                    Ok(if d.depthwise() {
+                        depthwise_backward(&d, xs, ws, dys, need_dx, need_dw)
+                    } else {
+                        gemm_backward(&d, xs, ws, dys, need_dx, need_dw)
+                    })
+                })
+            })
+        })?;
+        let dx = match dx {
+            Some(v) => Some(tensor(v, x.dims())?),
+            None => None,
+        };
+        let dw = match dw {
+            Some(v) => Some(tensor(v, w.dims())?),
+            None => None,
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// Convolution of `x` (N x C x H x W) with `weight` (O x C/groups x k x k) on the fast CPU
+/// kernels, with gradients for both. Both must be f32 on the CPU.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    Dims::new(x.dims(), weight.dims(), stride, padding, groups)?;
+    let x = x.contiguous()?;
+    let weight = weight.contiguous()?;
+    x.apply_op2(
+        &weight,
+        Conv2dOp {
+            stride,
+            pad: padding,
+            groups,
+        },
+    )
+}
+
+fn gemm_forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let g = d.g;
+    let (kg, ncols, og) = (g.rows(), g.cols(), d.cout / d.groups);
+    let (in_img, out_img) = (d.in_image(), d.out_image());
+    let mut y = vec![0f32; d.n * out_img];
+    if out_img == 0 {
+        return y;
+    }
+    let t = threads();
+    let gemm_threads = if d.n >= t { 1 } else { t };
+    let body = |(i, yi): (usize, &mut [f32])| {
+        let xi = &x[i * in_img..(i + 1) * in_img];
+        let mut cols = (!g.is_identity()).then(|| Scratch::uninit(kg * ncols));
+        for gi in 0..d.groups {
+            let xg = &xi[gi * g.c * g.h * g.w..(gi + 1) * g.c * g.h * g.w];
+            if let Some(c) = cols.as_mut() {
+                im2col(xg, &g, c);
+            }
+            let cm: &[f32] = cols.as_deref().unwrap_or(xg);
+            let wg = &w[gi * og * kg..(gi + 1) * og * kg];
+            sgemm(
+                &mut yi[gi * og * ncols..(gi + 1) * og * ncols],
+                Mat::rows(wg, og, kg),
+                Mat::rows(cm, kg, ncols),
+                false,
+                gemm_threads,
+            );
+        }
+    };
+    if gemm_threads == 1 {
+        y.par_chunks_mut(out_img).enumerate().for_each(body);
+    } else {
+        y.chunks_mut(out_img).enumerate().for_each(body);
+    }
+    y
+}
+
+type Grads = (Option<Vec<f32>>, Option<Vec<f32>>);
+
+fn gemm_backward(
+    d: &Dims,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+    need_dw: bool,
+) -> Grads {
+    let g = d.g;
+    let (kg, ncols, og) = (g.rows(), g.cols(), d.cout / d.groups);
+    let (in_img, out_img) = (d.in_image(), d.out_image());
+    let gplane = g.c * g.h * g.w;
+    let t = threads();
+    // Contiguous runs of images, one per thread: each run sums its own weight gradient.
+    let per_chunk = d.n.div_ceil(t.min(d.n).max(1)).max(1);
+    let chunks = d.n.div_ceil(per_chunk);
+    let gemm_threads = if chunks >= t { 1 } else { t };
+    let wlen = d.cout * kg;
+
+    let process = |ci: usize, mut dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
+        let mut dw = if need_dw {
+            vec![0f32; wlen]
+        } else {
+            Vec::new()
+        };
+        let mut cols = (!g.is_identity() && need_dw).then(|| Scratch::uninit(kg * ncols));
+        let mut dcols = (!g.is_identity() && need_dx).then(|| Scratch::uninit(kg * ncols));
+        let first = ci * per_chunk;
+        let last = ((ci + 1) * per_chunk).min(d.n);
+        for i in first..last {
+            let xi = &x[i * in_img..(i + 1) * in_img];
+            let dyi = &dy[i * out_img..(i + 1) * out_img];
+            let mut dxi = dx_chunk
+                .as_deref_mut()
+                .map(|c| &mut c[(i - first) * in_img..(i - first + 1) * in_img]);
+            if let (Some(dxi), Some(_)) = (dxi.as_deref_mut(), dcols.as_ref()) {
+                dxi.fill(0.0);
+            }
+            for gi in 0..d.groups {
+                let dyg = Mat::rows(&dyi[gi * og * ncols..(gi + 1) * og * ncols], og, ncols);
+                let wg = Mat::rows(&w[gi * og * kg..(gi + 1) * og * kg], og, kg);
+                let xg = &xi[gi * gplane..(gi + 1) * gplane];
+                if need_dw {
+                    if let Some(c) = cols.as_mut() {
+                        im2col(xg, &g, c);
+                    }
+                    let cm: &[f32] = cols.as_deref().unwrap_or(xg);
+                    sgemm(
+                        &mut dw[gi * og * kg..(gi + 1) * og * kg],
+                        dyg,
+                        Mat::rows(cm, kg, ncols).t(),
+                        true,
+                        gemm_threads,
+                    );
+                }
+                if let Some(dxi) = dxi.as_deref_mut() {
+                    let dxg = &mut dxi[gi * gplane..(gi + 1) * gplane];
+                    match dcols.as_mut() {
+                        Some(dc) => {
+                            sgemm(dc, wg.t(), dyg, false, gemm_threads);
+                            col2im(dc, &g, dxg);
+                        }
+                        None => sgemm(dxg, wg.t(), dyg, false, gemm_threads),
+                    }
+                }
+            }
+        }
+        dw
+    };
+
+    // Per-thread partial weight gradients, summed in chunk order: a fixed order keeps training
+    // bit-reproducible (a rayon `reduce` would group the sums by how work was stolen).
+    let (dx, partials): (Option<Vec<f32>>, Vec<Vec<f32>>) = if need_dx {
+        let mut dx = vec![0f32; d.n * in_img];
+        let partials = if in_img == 0 {
+            Vec::new()
+        } else {
+            dx.par_chunks_mut(per_chunk * in_img)
+                .enumerate()
+                .map(|(ci, c)| process(ci, Some(c)))
+                .collect()
+        };
+        (Some(dx), partials)
+    } else {
+        let partials = (0..chunks)
+            .into_par_iter()
+            .map(|ci| process(ci, None))
+            .collect();
+        (None, partials)
+    };
+    let mut dw = vec![0f32; if need_dw { wlen } else { 0 }];
+    let wanted = dw.len();
+    for p in partials.iter().filter(|p| p.len() == wanted) {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
+    (dx, need_dw.then_some(dw))
+}
+
+/// Output columns handled by one kernel column, as (first output, count, first input column).
+fn tap_range(g: &Geom, tap: usize, len: usize, out: usize) -> (usize, usize, usize) {
+    let s = g.stride;
+    let lo = if tap >= g.pad {
+        0
+    } else {
+        (g.pad - tap).div_ceil(s)
+    };
+    let hi = if len + g.pad > tap {
+        ((len - 1 + g.pad - tap) / s + 1).min(out)
+    } else {
+        0
+    };
+    let lo = lo.min(out);
+    let hi = hi.max(lo);
+    (lo, hi - lo, (lo * s + tap).saturating_sub(g.pad))
+}
+
+fn depthwise_forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let g = d.g;
+    let (hw, ohw, k, c) = (g.h * g.w, g.ho * g.wo, g.k, d.cin);
+    let mut y = vec![0f32; d.n * c * ohw];
+    if ohw == 0 {
+        return y;
+    }
+    y.par_chunks_mut(ohw)
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(p, yp)| {
+            let xp = &x[p * hw..(p + 1) * hw];
+            let wc = &w[(p % c) * k * k..(p % c + 1) * k * k];
+            for ki in 0..k {
+                let (oh0, nh, _) = tap_range(&g, ki, g.h, g.ho);
+                for kj in 0..k {
+                    let (ow0, nw, iw0) = tap_range(&g, kj, g.w, g.wo);
+                    if nw == 0 {
+                        continue;
+                    }
+                    let wv = wc[ki * k + kj];
+                    for oh in oh0..oh0 + nh {
+                        let ih = oh * g.stride + ki - g.pad;
+                        let src = &xp[ih * g.w + iw0..(ih + 1) * g.w];
+                        let dst = &mut yp[oh * g.wo + ow0..oh * g.wo + ow0 + nw];
+                        if g.stride == 1 {
+                            for (o, v) in dst.iter_mut().zip(src) {
+                                *o += wv * *v;
+                            }
+                        } else {
+                            for (o, v) in dst.iter_mut().zip(src.iter().step_by(g.stride)) {
+                                *o += wv * *v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    y
+}
+
+fn depthwise_backward(
+    d: &Dims,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    need_dx: bool,
+    need_dw: bool,
+) -> Grads {
+    let g = d.g;
+    let (hw, ohw, k, c) = (g.h * g.w, g.ho * g.wo, g.k, d.cin);
+    let mut dx = need_dx.then(|| vec![0f32; d.n * c * hw]);
+    // Group the gradient planes by channel, so that one task owns a channel: its weight
+    // gradient sums over the batch without synchronisation.
+    let mut by_channel: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::new()).collect();
+    if let Some(dx) = dx.as_mut() {
+        if hw > 0 {
+            for (p, plane) in dx.chunks_mut(hw).enumerate() {
+                by_channel[p % c].push(plane);
+            }
+        }
+    }
+    let dw: Vec<f32> = by_channel
+        .into_par_iter()
+        .enumerate()
+        .flat_map_iter(|(ch, mut planes)| {
+            let wc = &w[ch * k * k..(ch + 1) * k * k];
+            let mut acc = vec![0f64; k * k];
+            for n in 0..d.n {
+                let p = n * c + ch;
+                let xp = &x[p * hw..(p + 1) * hw];
+                let dyp = &dy[p * ohw..(p + 1) * ohw];
+                let mut dxp = planes.get_mut(n);
+                for ki in 0..k {
+                    let (oh0, nh, _) = tap_range(&g, ki, g.h, g.ho);
+                    for kj in 0..k {
+                        let (ow0, nw, iw0) = tap_range(&g, kj, g.w, g.wo);
+                        if nw == 0 {
+                            continue;
+                        }
+                        let wv = wc[ki * k + kj];
+                        let mut tap_sum = 0f32;
+                        for oh in oh0..oh0 + nh {
+                            let ih = oh * g.stride + ki - g.pad;
+                            let grad = &dyp[oh * g.wo + ow0..oh * g.wo + ow0 + nw];
+                            if need_dw {
+                                let src = &xp[ih * g.w + iw0..(ih + 1) * g.w];
+                                tap_sum += grad
+                                    .iter()
+                                    .zip(src.iter().step_by(g.stride))
+                                    .map(|(a, b)| a * b)
+                                    .sum::<f32>();
+                            }
+                            if let Some(dxp) = dxp.as_deref_mut() {
+                                let dst = &mut dxp[ih * g.w + iw0..(ih + 1) * g.w];
+                                if g.stride == 1 {
+                                    for (o, v) in dst.iter_mut().zip(grad) {
+                                        *o += wv * *v;
+                                    }
+                                } else {
+                                    for (o, v) in dst.iter_mut().step_by(g.stride).zip(grad) {
+                                        *o += wv * *v;
+                                    }
+                                }
+                            }
+                        }
+                        acc[ki * k + kj] += f64::from(tap_sum);
+                    }
+                }
+            }
+            acc.into_iter().map(|v| v as f32)
+        })
+        .collect();
+    (dx, need_dw.then_some(dw))
+}

@@ -1,0 +1,71 @@
+//! A protection: turns a trained victim into what its owner deploys and what an adversary sees.
+
+use std::sync::Arc;
+
+use candle_core::Device;
+use datasets::ImageSet;
+use datasets::catalog::Normalization;
+
+use super::{Deployed, Measure, PlainModel, StolenWeights};
+use crate::Result;
+use crate::train::TrainConfig;
+
+/// The unprotected victim, trained once by the harness and shared by every defence of a cell.
+pub struct Victim {
+    /// The trained model (defences must not modify it: copy with `deep_copy`).
+    pub model: PlainModel,
+    /// The recipe it was trained with (defences that retrain reuse it).
+    pub train: TrainConfig,
+}
+
+/// What a defence may use besides the victim.
+pub struct DefenceContext<'a> {
+    /// Compute device.
+    pub device: &'a Device,
+    /// The owner's training data (the victim was trained on it).
+    pub owner_data: &'a ImageSet,
+    /// Input normalisation of the dataset.
+    pub normalization: Normalization,
+    /// Seed of this cell; every secret a defence draws must come from the OS random source or
+    /// from this seed, never from a constant.
+    pub seed: u64,
+    /// Show progress on stderr.
+    pub progress: bool,
+}
+
+/// The result of protecting a victim.
+pub struct Protected {
+    /// What the owner runs with full access.
+    pub owner: Arc<dyn Deployed>,
+    /// Each access level below full, weakest first, for protections with levels (name, model).
+    pub levels: Vec<(String, Arc<dyn Deployed>)>,
+    /// What a thief of the deployed files gets (`None` when the threat model keeps the weights
+    /// out of reach, e.g. a cloud-only API).
+    pub stolen: Option<StolenWeights>,
+    /// Protection-specific measures (fraction encrypted, secret size, ...).
+    pub measures: Vec<Measure>,
+}
+
+impl Protected {
+    /// The unprotected deployment: the owner runs the victim, a thief gets its real weights.
+    pub fn unprotected(victim: &Victim) -> Self {
+        Self {
+            owner: Arc::new(victim.model.clone()),
+            levels: Vec::new(),
+            stolen: Some(StolenWeights {
+                spec: victim.model.spec.clone(),
+                params: victim.model.params.clone(),
+            }),
+            measures: Vec::new(),
+        }
+    }
+}
+
+/// A protection method. Implementations live in the `defences` crate, one file each.
+pub trait Defence: Send + Sync {
+    /// Stable kebab-case id (the registry key, and the value in result records).
+    fn id(&self) -> &'static str;
+
+    /// Protects `victim`. Time spent here is measured by the harness as protection overhead.
+    fn protect(&self, ctx: &DefenceContext<'_>, victim: &Victim) -> Result<Protected>;
+}
