@@ -1,3 +1,76 @@
-//! protbench attacks. The plug-in contract and the registry arrive with the matrix runner (issue 4);
-//! until then this crate only reserves its place in the workspace.
+//! protbench attacks: one file per attack, registered by id in [`register`].
+//!
+//! An attack receives what a protection exposes (stolen weights, a query oracle, or nothing) and
+//! a budget, and returns the attacker's model (`harness_core::protect::Attack`). Every attack
+//! trains with the harness's loop (`harness_core::train::train`) starting from the victim's
+//! recipe, derives its randomness from the cell's seed, and reads only the attacker's data, the
+//! transfer set and the exposure: never the owner's data or the test set.
 #![warn(missing_docs)]
+
+mod common;
+
+pub mod adv_train;
+pub mod extraction;
+pub mod fine_tune;
+pub mod objectives;
+pub mod prune;
+pub mod scratch;
+
+use std::sync::Arc;
+
+use harness_core::protect::{Attack, Measure, PlainModel, Registry, Stolen};
+
+/// An attack's result with the weights in reach: [`Stolen`] holds the model as a
+/// `dyn Deployed`, which hides them. Each attack's `steal` returns this, for tests and for
+/// attacks that build on others; `Attack::run` hands it over as a [`Stolen`].
+pub struct StolenModel {
+    /// The attacker's model.
+    pub model: PlainModel,
+    /// Attack-specific measures.
+    pub measures: Vec<Measure>,
+}
+
+impl From<StolenModel> for Stolen {
+    fn from(s: StolenModel) -> Self {
+        Stolen {
+            model: Arc::new(s.model),
+            measures: s.measures,
+        }
+    }
+}
+
+/// Adds every attack of this crate to `registry`; a new attack is one file plus one line here.
+pub fn register(registry: &mut Registry<dyn Attack>) {
+    registry.add(
+        "extraction",
+        "Knockoff-style extraction: query the oracle with transfer images, train a substitute",
+        extraction::build,
+    );
+    registry.add(
+        "fine-tune",
+        "fine-tune stolen weights on attacker data (ftll, ftal, rtll, rtal)",
+        fine_tune::build,
+    );
+    registry.add(
+        "prune",
+        "global magnitude pruning of stolen weights, then masked fine-tuning",
+        prune::build,
+    );
+    registry.add(
+        "adv-train",
+        "PGD L-infinity adversarial fine-tuning of stolen weights",
+        adv_train::build,
+    );
+    registry.add(
+        "scratch",
+        "no-theft reference: a model trained from scratch on attacker data alone",
+        scratch::build,
+    );
+}
+
+/// A registry holding every attack of this crate.
+pub fn registry() -> Registry<dyn Attack> {
+    let mut r = Registry::new("attack");
+    register(&mut r);
+    r
+}

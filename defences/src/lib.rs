@@ -1,3 +1,22 @@
-//! protbench defences. The plug-in contract and the registry arrive with the matrix runner (issue 4);
-//! until then this crate only reserves its place in the workspace.
+//! protbench defences: one file per protection, registered by id in [`register`].
+//!
+//! A defence turns a trained victim into what its owner deploys and what an adversary sees
+//! (`harness_core::protect::Defence`). Prediction-perturbation baselines are not defences here but
+//! oracle settings that compose with any defence (`none+reverse-sigmoid` in a matrix file).
 #![warn(missing_docs)]
+
+mod none;
+
+use harness_core::protect::{Defence, Registry};
+
+/// Adds every defence of this crate to `registry`; a new defence is one file plus one line here.
+pub fn register(registry: &mut Registry<dyn Defence>) {
+    registry.add("none", "the unprotected victim (baseline)", none::build);
+}
+
+/// A registry holding every defence of this crate.
+pub fn registry() -> Registry<dyn Defence> {
+    let mut r = Registry::new("defence");
+    register(&mut r);
+    r
+}

@@ -21,6 +21,10 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run an attack x defence matrix: train victims, protect them, attack them, tabulate.
+    ///
+    /// Example: harness run --matrix ci/smoke.toml --data-dir ~/data
+    Run(RunArgs),
     /// Train a model of the zoo on a dataset, evaluate it on the test split, save the weights.
     ///
     /// Example: harness train --dataset cifar10 --model resnet20 --epochs 30 --out r20.safetensors
@@ -204,4 +208,30 @@ pub struct ListArgs {
     /// Print one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `harness run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The matrix file (TOML): axes, victim recipe, data split, budgets, settings, profiles.
+    #[arg(long, value_name = "FILE")]
+    pub matrix: PathBuf,
+    /// A profile of the matrix file (e.g. smoke, quick, nightly) overriding epochs and limits.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Run only shard I of N (1-based, e.g. 2/4): cells are assigned to shards by a hash of their
+    /// id, so N machines (CI matrix jobs, Slurm or Kubernetes array tasks) split one matrix.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Results root; the run writes RESULTS/<run-id>/ and caches victims in RESULTS/cache/.
+    #[arg(long, default_value = "results", value_name = "DIR")]
+    pub results: PathBuf,
+    /// Root folder holding the datasets (default: $HARNESS_DATA, else ~/.cache/protbench/data).
+    #[arg(long, env = "HARNESS_DATA", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Check the matrix and print the cells without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub run: RunOpts,
 }

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod device;
 mod exit;
+mod matrix;
 mod provenance;
 
 use clap::Parser;
@@ -12,6 +13,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
+        cli::Command::Run(args) => commands::run::run(args),
         cli::Command::Train(args) => commands::train::run(args),
         cli::Command::Eval(args) => commands::eval::run(args),
         cli::Command::Data(args) => commands::data::run(args),

@@ -2,7 +2,8 @@
 //! against the fast ones, in the same run (the machines are shared and noisy: compare only
 //! figures from one run).
 //!
-//! `cargo run --release -p harness-core --example train_speed [steps]`
+//! `cargo run --release -p harness-core --example train_speed [steps] [fast|stock]`
+//! (the last argument limits the run to one path, for profiling).
 //!
 //! Training: batch 128 of 3 x 32 x 32, forward + backward + SGD with Nesterov momentum
 //! ([`harness_core::train::Sgd`]). Inference: batch 256, eval mode, no gradients. Each figure is
@@ -72,8 +73,13 @@ fn main() -> candle_core::Result<()> {
         "{:<12} {:<6} {:>12} {:>14}",
         "model", "path", "train img/s", "infer img/s"
     );
+    let paths: &[bool] = match std::env::args().nth(2).as_deref() {
+        Some("fast") => &[true],
+        Some("stock") => &[false],
+        _ => &[false, true],
+    };
     for arch in [Arch::Resnet20, Arch::VggSmall] {
-        for fast in [false, true] {
+        for &fast in paths {
             cpu::set_enabled(fast);
             let (train, infer) = measure(arch, steps)?;
             println!(

@@ -3,5 +3,6 @@
 pub mod data;
 pub mod eval;
 pub mod list;
+pub mod run;
 mod setup;
 pub mod train;

@@ -66,6 +66,13 @@ pub trait Defence: Send + Sync {
     /// Stable kebab-case id (the registry key, and the value in result records).
     fn id(&self) -> &'static str;
 
+    /// Whether a thief can take the deployed weights under this protection's threat model (then
+    /// [`Protected::stolen`] is `Some`). The owner's prediction API is always there. The planner
+    /// uses this to reject pairs with attacks that need stolen weights before anything trains.
+    fn exposes_weights(&self) -> bool {
+        true
+    }
+
     /// Protects `victim`. Time spent here is measured by the harness as protection overhead.
     fn protect(&self, ctx: &DefenceContext<'_>, victim: &Victim) -> Result<Protected>;
 }

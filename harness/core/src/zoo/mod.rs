@@ -208,6 +208,18 @@ impl ModelSpec {
     pub fn scaled(&self, channels: usize) -> usize {
         ((channels as f64 * self.width).round() as usize).max(1)
     }
+
+    /// Name prefix (with its trailing dot) of the final layer's parameters: the classifier of a
+    /// classifier, the output convolution of DnCNN. Fine-tuning attacks train or re-initialise
+    /// exactly the parameters under it.
+    pub fn head_prefix(&self) -> &'static str {
+        match self.arch {
+            Arch::Resnet20 | Arch::Resnet56 | Arch::VggSmall => "fc.",
+            Arch::Vgg11 | Arch::Vgg16 | Arch::Vgg19 => "classifier.",
+            Arch::MobilenetV2 => "linear.",
+            Arch::Dncnn => "dncnn.47.",
+        }
+    }
 }
 
 /// Builds the model of `spec` on the variables of `params`: a fresh store gets seeded weights,
@@ -296,6 +308,36 @@ mod tests {
             }
             other => panic!("expected UnknownModel, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn head_prefix_names_exactly_the_final_layer() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        for &arch in Arch::all() {
+            let spec =
+                ModelSpec::new(arch, 10).with_width(if arch.has_width() { 0.125 } else { 1.0 });
+            let params = ParamStore::new(0, &dev);
+            build(&spec, &params)?;
+            let prefix = spec.head_prefix();
+            let head: Vec<String> = params
+                .names()
+                .into_iter()
+                .filter(|n| n.starts_with(prefix))
+                .collect();
+            let expected: Vec<String> = if arch == Arch::Dncnn {
+                vec![format!("{prefix}weight")]
+            } else {
+                vec![format!("{prefix}bias"), format!("{prefix}weight")]
+            };
+            assert_eq!(head, expected, "{arch}");
+            if arch.is_classifier() {
+                let w = params
+                    .get(&format!("{prefix}weight"))
+                    .map(|v| v.dims().to_vec());
+                assert_eq!(w.and_then(|d| d.first().copied()), Some(10), "{arch}");
+            }
+        }
+        Ok(())
     }
 
     #[test]

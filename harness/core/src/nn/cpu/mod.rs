@@ -92,10 +92,14 @@ pub fn scoped_enabled(on: bool) -> ScopedEnabled {
 
 /// Whether all `tensors` can take the fast path: kernels enabled, f32, on the CPU.
 pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
-    enabled()
+    let yes = enabled()
         && tensors
             .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if yes {
+        workspace::tune_allocator();
+    }
+    yes
 }
 
 /// The contiguous f32 data of a custom op's operand.

@@ -6,6 +6,12 @@
 //! small pool of the thread they were taken on when dropped, so after the first training step
 //! the scratch memory is already mapped and warm in cache. The rayon workers are long-lived, so
 //! each keeps its own pool.
+//!
+//! Tensors handed to candle cannot come from such a pool (candle frees them), so
+//! [`tune_allocator`] also keeps glibc from returning freed activation-sized blocks to the kernel:
+//! by default blocks above a (dynamic) threshold are `mmap`ed and unmapped on free, so every
+//! training step faults in and zeroes its activations and gradients afresh.
+#![allow(unsafe_code)]
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
@@ -97,4 +103,32 @@ impl Drop for Scratch {
 /// Bytes held by the calling thread's pool (for tests and diagnostics).
 pub fn pooled_bytes() -> usize {
     POOL.with(|p| p.borrow().iter().map(|b| b.capacity() * 4).sum())
+}
+
+/// Makes glibc's allocator keep freed blocks up to 32 MiB (an activation of a CIFAR network at
+/// batch 128 is 2 to 16 MiB) in its heaps instead of unmapping them, and keep up to 512 MiB of
+/// free memory at the top of a heap: a training step then reuses the pages of the previous one
+/// instead of page-faulting fresh zeroed memory (about a tenth of the step time otherwise, and
+/// three times fewer page faults measured on ResNet-20). Runs once per process, the first time a
+/// fast kernel is chosen; a no-op off glibc. The cost is a process that keeps its peak heap.
+pub fn tune_allocator() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            // glibc's <malloc.h> parameter numbers.
+            const M_TRIM_THRESHOLD: i32 = -1;
+            const M_MMAP_THRESHOLD: i32 = -3;
+            unsafe extern "C" {
+                fn mallopt(param: i32, value: i32) -> i32;
+            }
+            // SAFETY: `mallopt` is glibc's documented, thread-safe tuning entry point; it takes
+            // two integers and touches no memory of ours. 32 MiB is glibc's largest accepted
+            // mmap threshold on 64-bit targets; a refused value leaves the default in place.
+            unsafe {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+                mallopt(M_TRIM_THRESHOLD, 512 << 20);
+            }
+        }
+    });
 }

@@ -1,0 +1,136 @@
+//! `harness run --matrix FILE`: plan, run, report.
+
+use anyhow::{Context, bail};
+use harness_core::protect::Registry;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::cli::RunArgs;
+use crate::exit::UsageError;
+use crate::matrix::config::MatrixFile;
+use crate::matrix::plan::Plan;
+use crate::matrix::records::RecordLog;
+use crate::matrix::report;
+use crate::matrix::run::{RunSettings, execute, run_dir};
+use crate::provenance::Provenance;
+
+fn parse_shard(s: Option<&str>) -> anyhow::Result<(usize, usize)> {
+    let Some(s) = s else { return Ok((0, 1)) };
+    let bad = || {
+        UsageError(format!(
+            "--shard `{s}`: write I/N with 1 <= I <= N, e.g. 2/4"
+        ))
+    };
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if n == 0 || i == 0 || i > n {
+        bail!(bad());
+    }
+    Ok((i - 1, n))
+}
+
+/// Runs the command.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let matrix = MatrixFile::read(&args.matrix)?.with_profile(args.profile.as_deref())?;
+    let shard = parse_shard(args.shard.as_deref())?;
+    let defence_registry = defences::registry();
+    let mut attack_registry = Registry::new("attack");
+    attacks::register(&mut attack_registry);
+    let plan = Plan::new(&matrix, &defence_registry, &attack_registry)?;
+    let config_json = serde_json::to_string(&matrix)?;
+    let config_hash: String = Sha256::digest(config_json.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let run_id = format!(
+        "{}-{}-{config_hash}",
+        matrix.name,
+        args.profile.as_deref().unwrap_or("default")
+    );
+    let mine = plan
+        .cells
+        .iter()
+        .filter(|c| c.in_shard(shard.0, shard.1))
+        .count();
+    if args.dry_run {
+        for c in plan.cells.iter().filter(|c| c.in_shard(shard.0, shard.1)) {
+            println!("{}", c.id());
+        }
+        eprintln!(
+            "{mine} cells in this shard, {} in the matrix; run id {run_id}",
+            plan.cells.len()
+        );
+        return Ok(());
+    }
+    let device = crate::device::parse(&args.run.device)?;
+    let dir = run_dir(&args.results, &run_id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let run_json = json!({
+        "run_id": run_id,
+        "matrix_file": args.matrix,
+        "profile": args.profile,
+        "shard": format!("{}/{}", shard.0 + 1, shard.1),
+        "config_hash": config_hash,
+        "matrix": matrix,
+        "cells": plan.cells.len(),
+        "provenance": Provenance::collect(&device),
+    });
+    harness_core::atomic_file::write_atomically(
+        &dir.join("run.json"),
+        serde_json::to_string_pretty(&run_json)?.as_bytes(),
+    )?;
+    let settings = RunSettings {
+        matrix,
+        run_id: run_id.clone(),
+        config_hash,
+        results_dir: args.results.clone(),
+        data_dir: datasets::data_dir::resolve(args.data_dir.as_deref()),
+        device,
+        progress: !args.run.quiet,
+        shard,
+    };
+    let log = RecordLog::new(&dir);
+    if !args.run.quiet {
+        eprintln!(
+            "run {run_id}: {mine} cells in this shard -> {}",
+            dir.display()
+        );
+    }
+    let outcome = execute(&settings, &plan, &log)?;
+
+    let mut records = log.read()?;
+    let errors: Vec<_> = records
+        .iter()
+        .filter(|r| r.status == "error")
+        .cloned()
+        .collect();
+    records.extend(report::derive(&records));
+    report::write_csv(&dir.join("records.csv"), &records)?;
+    let error_refs: Vec<_> = errors.iter().collect();
+    let md = report::markdown(&records, &format!("protbench run {run_id}"), &error_refs);
+    harness_core::atomic_file::write_atomically(&dir.join("summary.md"), md.as_bytes())?;
+    if args.run.json {
+        println!(
+            "{}",
+            json!({"run_id": run_id, "dir": dir, "cells_run": outcome.ran, "cells_skipped": outcome.skipped, "cells_failed": outcome.failed})
+        );
+    } else {
+        println!("{}", report::terminal_table(&records));
+        println!(
+            "{} cells run, {} already done, {} failed; records in {}",
+            outcome.ran,
+            outcome.skipped,
+            outcome.failed,
+            dir.display()
+        );
+    }
+    if outcome.failed > 0 {
+        bail!(
+            "{} cells failed (error rows in {})",
+            outcome.failed,
+            log.path().display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The matrix file: axes, the victim recipe, data splits, attack budgets, per-component settings
+//! and named profiles. Parsed strictly (`deny_unknown_fields`) so that a typo is an error, not a
+//! silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::exit::UsageError;
+
+/// A whole matrix file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixFile {
+    /// Name of the matrix (used in run ids).
+    pub name: String,
+    /// What to cross.
+    pub axes: Axes,
+    /// How victims are trained.
+    #[serde(default)]
+    pub victim: VictimRecipe,
+    /// How the training set is divided between owner and attacker.
+    #[serde(default)]
+    pub data: DataPlan,
+    /// What attackers may spend.
+    #[serde(default)]
+    pub budget: BudgetPlan,
+    /// Settings per defence entry of `axes.defences` (by entry name).
+    #[serde(default)]
+    pub defences: BTreeMap<String, toml::Table>,
+    /// Settings per attack entry of `axes.attacks` (by entry name). The harness reads `use`
+    /// (registry id, default: the entry name), `queries` and `epochs` (budget overrides); the
+    /// rest goes to the attack.
+    #[serde(default)]
+    pub attacks: BTreeMap<String, toml::Table>,
+    /// Named overrides (`smoke`, `quick`, `nightly`, ...) selected with `--profile`.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// The axes of the matrix; cells are their cross product.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Axes {
+    /// Dataset ids.
+    pub datasets: Vec<String>,
+    /// Model ids of the victims.
+    pub models: Vec<String>,
+    /// Defence entries: a registry id or a `[defences.<name>]` entry, optionally followed by
+    /// oracle perturbations: `none+reverse-sigmoid`, `none+top1-label`.
+    pub defences: Vec<String>,
+    /// Attack entries: a registry id or an `[attacks.<name>]` entry.
+    pub attacks: Vec<String>,
+    /// Seeds; each seed retrains victims and reruns attacks.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// How victims are trained (the owner's recipe).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VictimRecipe {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Base learning rate (cosine schedule).
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Width multiplier for VGG / MobileNetV2.
+    pub width: f64,
+    /// Random crop + flip.
+    pub augment: bool,
+}
+
+impl Default for VictimRecipe {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 128,
+            lr: 0.1,
+            weight_decay: 5e-4,
+            width: 1.0,
+            augment: true,
+        }
+    }
+}
+
+/// How the training set is divided, and how much of it is used.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataPlan {
+    /// Use at most this many training images (class-balanced, seeded) before splitting.
+    pub train_limit: Option<usize>,
+    /// Evaluate on at most this many test images.
+    pub test_limit: Option<usize>,
+    /// Fraction of the training images the owner trains the victim on.
+    pub owner: f64,
+    /// Fraction the attacker holds (disjoint from the owner's).
+    pub attacker: f64,
+    /// Transfer set for extraction queries: `attacker` (the attacker's slice) or a dataset id
+    /// (e.g. `cifar100` images for a CIFAR-10 victim).
+    pub transfer: String,
+}
+
+impl Default for DataPlan {
+    fn default() -> Self {
+        Self {
+            train_limit: None,
+            test_limit: None,
+            owner: 0.5,
+            attacker: 1.0 / 3.0,
+            transfer: "attacker".into(),
+        }
+    }
+}
+
+/// Attack budgets.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetPlan {
+    /// Epochs of the attacker's own training.
+    pub epochs: usize,
+    /// Oracle queries (images) for extraction; `None` for the whole transfer set.
+    pub queries: Option<u64>,
+}
+
+impl Default for BudgetPlan {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            queries: None,
+        }
+    }
+}
+
+/// Overrides applied by `--profile NAME`; absent fields keep the file's values.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Victim epochs.
+    pub victim_epochs: Option<usize>,
+    /// Attacker epochs.
+    pub attack_epochs: Option<usize>,
+    /// Query budget.
+    pub queries: Option<u64>,
+    /// Training-image limit.
+    pub train_limit: Option<usize>,
+    /// Test-image limit.
+    pub test_limit: Option<usize>,
+    /// Seeds.
+    pub seeds: Option<Vec<u64>>,
+}
+
+impl MatrixFile {
+    /// Reads and parses a matrix file; errors name the file and the offending key.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read the matrix file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            UsageError(format!("{}: {}", path.display(), e.to_string().trim_end())).into()
+        })
+    }
+
+    /// Applies the named profile, if any.
+    pub fn with_profile(mut self, name: Option<&str>) -> anyhow::Result<Self> {
+        let Some(name) = name else { return Ok(self) };
+        let Some(p) = self.profiles.get(name).cloned() else {
+            let names: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+            bail!(UsageError(format!(
+                "unknown profile `{name}`{}; this matrix has: {}",
+                datasets::names::did_you_mean(&datasets::names::suggest(
+                    name,
+                    names.iter().copied()
+                )),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        };
+        if let Some(v) = p.victim_epochs {
+            self.victim.epochs = v;
+        }
+        if let Some(v) = p.attack_epochs {
+            self.budget.epochs = v;
+        }
+        if p.queries.is_some() {
+            self.budget.queries = p.queries;
+        }
+        if p.train_limit.is_some() {
+            self.data.train_limit = p.train_limit;
+        }
+        if p.test_limit.is_some() {
+            self.data.test_limit = p.test_limit;
+        }
+        if let Some(s) = p.seeds {
+            self.axes.seeds = s;
+        }
+        Ok(self)
+    }
+}

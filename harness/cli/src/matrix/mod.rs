@@ -1,0 +1,7 @@
+//! `harness run --matrix`: the attack x defence matrix.
+
+pub mod config;
+pub mod plan;
+pub mod records;
+pub mod report;
+pub mod run;

@@ -1,0 +1,306 @@
+//! Expands a matrix file into cells and validates every id and every defence x attack pair
+//! before anything trains.
+
+use anyhow::bail;
+use harness_core::protect::{
+    Attack, Budget, Defence, OutputMode, Perturbation, Registry, Requirement,
+};
+use sha2::{Digest, Sha256};
+
+use super::config::MatrixFile;
+use crate::exit::UsageError;
+
+/// A defence entry of the axis, resolved.
+pub struct DefenceEntry {
+    /// The entry as written (`none+reverse-sigmoid`): the value in records.
+    pub name: String,
+    /// The built defence.
+    pub defence: Box<dyn Defence>,
+    /// How the owner's API answers.
+    pub mode: OutputMode,
+    /// Perturbations applied by the API, in order.
+    pub perturbations: Vec<Perturbation>,
+}
+
+/// An attack entry of the axis, resolved.
+pub struct AttackEntry {
+    /// The entry as written: the value in records.
+    pub name: String,
+    /// The built attack.
+    pub attack: Box<dyn Attack>,
+    /// Its budget after overrides.
+    pub budget: Budget,
+}
+
+/// One cell: a victim (dataset, model, seed) under one defence and one attack.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct CellKey {
+    /// Dataset id.
+    pub dataset: String,
+    /// Model id.
+    pub model: String,
+    /// Seed.
+    pub seed: u64,
+    /// Defence entry name (`*` for attacks that need no exposure: they do not depend on it).
+    pub defence: String,
+    /// Attack entry name (`-` for the defence's own rows: accuracy and overhead).
+    pub attack: String,
+}
+
+impl CellKey {
+    /// A stable string for shard assignment and resume.
+    pub fn id(&self) -> String {
+        format!(
+            "{}/{}/{}/{}/{}",
+            self.dataset, self.model, self.seed, self.defence, self.attack
+        )
+    }
+
+    /// Whether this cell belongs to shard `i` of `n` (by a hash of its id, so the split is
+    /// deterministic and balanced on average).
+    pub fn in_shard(&self, i: usize, n: usize) -> bool {
+        let h = Sha256::digest(self.id().as_bytes());
+        let v = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+        (v % n as u64) as usize == i
+    }
+}
+
+/// The validated plan.
+pub struct Plan {
+    /// Defence entries by axis order.
+    pub defences: Vec<DefenceEntry>,
+    /// Attack entries by axis order.
+    pub attacks: Vec<AttackEntry>,
+    /// Every cell, in a stable order.
+    pub cells: Vec<CellKey>,
+}
+
+/// Perturbation suffixes a defence entry may carry after `+`.
+fn perturbation(name: &str) -> anyhow::Result<(Option<OutputMode>, Option<Perturbation>)> {
+    let (base, arg) = match name.split_once(':') {
+        Some((b, a)) => (b, Some(a)),
+        None => (name, None),
+    };
+    let num = |default: f64| -> anyhow::Result<f64> {
+        match arg {
+            None => Ok(default),
+            Some(a) => a
+                .parse::<f64>()
+                .map_err(|_| UsageError(format!("`{name}`: `{a}` is not a number")).into()),
+        }
+    };
+    Ok(match base {
+        "top1-label" => (Some(OutputMode::Label), None),
+        "top-k" => (Some(OutputMode::TopK(num(5.0)? as usize)), None),
+        // Reverse sigmoid with ART's defaults (beta 1, gamma 0.1); `reverse-sigmoid:B` sets beta.
+        "reverse-sigmoid" => (
+            None,
+            Some(Perturbation::ReverseSigmoid {
+                beta: num(1.0)?,
+                gamma: 0.1,
+            }),
+        ),
+        "round" => (
+            None,
+            Some(Perturbation::Round {
+                decimals: num(2.0)? as u32,
+            }),
+        ),
+        "gaussian-noise" => (
+            None,
+            Some(Perturbation::GaussianNoise {
+                std: num(0.05)?,
+                seed: 0,
+            }),
+        ),
+        other => {
+            let known = [
+                "top1-label",
+                "top-k",
+                "reverse-sigmoid",
+                "round",
+                "gaussian-noise",
+            ];
+            bail!(UsageError(format!(
+                "unknown output perturbation `{other}`{}; available: {}",
+                datasets::names::did_you_mean(&datasets::names::suggest(other, known)),
+                known.join(", ")
+            )))
+        }
+    })
+}
+
+/// Settings of an entry without the harness's own keys, and the registry id it uses.
+fn split_settings(
+    name: &str,
+    table: Option<&toml::Table>,
+) -> anyhow::Result<(String, toml::Table)> {
+    let mut table = table.cloned().unwrap_or_default();
+    let id = match table.remove("use") {
+        None => name.to_string(),
+        Some(toml::Value::String(s)) => s,
+        Some(other) => bail!(UsageError(format!(
+            "`use` of `{name}` must be a string, got {other}"
+        ))),
+    };
+    Ok((id, table))
+}
+
+impl Plan {
+    /// Builds and validates the plan: every dataset, model, defence and attack id must exist,
+    /// every setting must be known, and every pair must be runnable.
+    pub fn new(
+        m: &MatrixFile,
+        defence_registry: &Registry<dyn Defence>,
+        attack_registry: &Registry<dyn Attack>,
+    ) -> anyhow::Result<Self> {
+        for d in &m.axes.datasets {
+            datasets::catalog::DatasetId::parse(d)?;
+        }
+        for model in &m.axes.models {
+            let arch = harness_core::Arch::parse(model)?;
+            if !arch.is_classifier() {
+                bail!(UsageError(format!(
+                    "`{model}` is not a classifier; the matrix takes classifiers"
+                )));
+            }
+        }
+        if m.data.transfer != "attacker" {
+            datasets::catalog::DatasetId::parse(&m.data.transfer)?;
+        }
+        if !(m.data.owner > 0.0
+            && m.data.attacker > 0.0
+            && m.data.owner + m.data.attacker <= 1.0 + 1e-9)
+        {
+            bail!(UsageError(format!(
+                "data.owner ({}) and data.attacker ({}) must be positive and sum to at most 1",
+                m.data.owner, m.data.attacker
+            )));
+        }
+        for (what, list) in [
+            ("datasets", m.axes.datasets.len()),
+            ("models", m.axes.models.len()),
+            ("defences", m.axes.defences.len()),
+            ("attacks", m.axes.attacks.len()),
+            ("seeds", m.axes.seeds.len()),
+        ] {
+            if list == 0 {
+                bail!(UsageError(format!("axes.{what} is empty")));
+            }
+        }
+        for name in m.defences.keys() {
+            if !m
+                .axes
+                .defences
+                .iter()
+                .any(|d| d.split('+').next() == Some(name))
+            {
+                bail!(UsageError(format!(
+                    "[defences.{name}] is not used by axes.defences"
+                )));
+            }
+        }
+        for name in m.attacks.keys() {
+            if !m.axes.attacks.contains(name) {
+                bail!(UsageError(format!(
+                    "[attacks.{name}] is not used by axes.attacks"
+                )));
+            }
+        }
+
+        let mut defences = Vec::new();
+        for entry in &m.axes.defences {
+            let mut parts = entry.split('+');
+            let base = parts.next().unwrap_or_default();
+            let (id, settings) = split_settings(base, m.defences.get(base))?;
+            let defence = defence_registry.build(&id, &settings)?;
+            let mut mode = OutputMode::Soft;
+            let mut perturbations = Vec::new();
+            for p in parts {
+                let (m, pert) = perturbation(p)?;
+                if let Some(m) = m {
+                    mode = m;
+                }
+                perturbations.extend(pert);
+            }
+            defences.push(DefenceEntry {
+                name: entry.clone(),
+                defence,
+                mode,
+                perturbations,
+            });
+        }
+
+        let mut attacks = Vec::new();
+        for entry in &m.axes.attacks {
+            let (id, mut settings) = split_settings(entry, m.attacks.get(entry))?;
+            let mut budget = Budget {
+                epochs: m.budget.epochs,
+                queries: m.budget.queries,
+            };
+            if let Some(v) = settings.remove("epochs") {
+                budget.epochs = v.as_integer().filter(|e| *e > 0).ok_or_else(|| {
+                    UsageError(format!(
+                        "[attacks.{entry}] epochs must be a positive integer"
+                    ))
+                })? as usize;
+            }
+            if let Some(v) = settings.remove("queries") {
+                budget.queries = Some(v.as_integer().filter(|q| *q > 0).ok_or_else(|| {
+                    UsageError(format!(
+                        "[attacks.{entry}] queries must be a positive integer"
+                    ))
+                })? as u64);
+            }
+            let attack = attack_registry.build(&id, &settings)?;
+            attacks.push(AttackEntry {
+                name: entry.clone(),
+                attack,
+                budget,
+            });
+        }
+
+        let mut cells = Vec::new();
+        for dataset in &m.axes.datasets {
+            for model in &m.axes.models {
+                for &seed in &m.axes.seeds {
+                    let key = |defence: &str, attack: &str| CellKey {
+                        dataset: dataset.clone(),
+                        model: model.clone(),
+                        seed,
+                        defence: defence.to_string(),
+                        attack: attack.to_string(),
+                    };
+                    for d in &defences {
+                        cells.push(key(&d.name, "-"));
+                    }
+                    for a in &attacks {
+                        if a.attack.requires() == Requirement::Nothing {
+                            cells.push(key("*", &a.name));
+                            continue;
+                        }
+                        for d in &defences {
+                            if a.attack.requires() == Requirement::Weights
+                                && !d.defence.exposes_weights()
+                            {
+                                bail!(UsageError(format!(
+                                    "attack `{}` needs stolen weights, but defence `{}` keeps them out \
+                                     of reach; remove the pair from the matrix",
+                                    a.name, d.name
+                                )));
+                            }
+                            cells.push(key(&d.name, &a.name));
+                        }
+                    }
+                }
+            }
+        }
+        cells.sort();
+        cells.dedup();
+        Ok(Self {
+            defences,
+            attacks,
+            cells,
+        })
+    }
+}

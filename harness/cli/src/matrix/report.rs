@@ -1,0 +1,260 @@
+//! Turns records into what people read: `records.csv`, `summary.md` and a terminal table that
+//! shows, for each defence, the owner's accuracy and overhead and what each attack achieved;
+//! values are means over seeds with a 95% interval when there are several.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use tabled::builder::Builder;
+use tabled::settings::Style;
+
+use super::records::Record;
+
+/// Mean and half-width of the 95% confidence interval (Student t) of a sample.
+pub fn mean_ci(values: &[f64]) -> (f64, f64) {
+    let n = values.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    if n == 1 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    // Two-sided 97.5% quantiles of Student's t for 1..=30 degrees of freedom, then the normal.
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    let t = T.get(n - 2).copied().unwrap_or(1.96);
+    (mean, t * (var / n as f64).sqrt())
+}
+
+type Key = (String, String, String, String, String); // dataset, model, defence, attack, metric
+
+fn group(records: &[Record]) -> BTreeMap<Key, Vec<f64>> {
+    let mut g: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.status == "ok") {
+        g.entry((
+            r.dataset.clone(),
+            r.model.clone(),
+            r.defence.clone(),
+            r.attack.clone(),
+            r.metric.clone(),
+        ))
+        .or_default()
+        .push(r.value);
+    }
+    g
+}
+
+/// Adds derived rows: theft gain (attacker accuracy minus the scratch reference of the same
+/// dataset, model and seed) and overhead ratios against the `none` defence.
+pub fn derive(records: &[Record]) -> Vec<Record> {
+    let mut out = Vec::new();
+    let find = |r: &Record, defence: &str, attack: &str, metric: &str| {
+        records
+            .iter()
+            .find(|x| {
+                x.status == "ok"
+                    && x.dataset == r.dataset
+                    && x.model == r.model
+                    && x.seed == r.seed
+                    && x.defence == defence
+                    && x.attack == attack
+                    && x.metric == metric
+            })
+            .map(|x| x.value)
+    };
+    let scratch_attack = records
+        .iter()
+        .find(|r| r.defence == "*" && r.metric == "attacker-accuracy")
+        .map(|r| r.attack.clone());
+    for r in records.iter().filter(|r| r.status == "ok") {
+        if r.metric == "attacker-accuracy"
+            && r.defence != "*"
+            && let Some(sa) = &scratch_attack
+            && let Some(base) = find(r, "*", sa, "attacker-accuracy")
+        {
+            out.push(Record {
+                metric: "theft-gain".into(),
+                value: r.value - base,
+                higher_is_better: false,
+                ..r.clone()
+            });
+        }
+        let ratio_of = match r.metric.as_str() {
+            "latency-ms-p50" => Some("latency-p50-ratio"),
+            "latency-ms-p99" => Some("latency-p99-ratio"),
+            "model-bytes" => Some("model-bytes-ratio"),
+            _ => None,
+        };
+        if let Some(name) = ratio_of
+            && r.attack == "-"
+            && let Some(base) = find(r, "none", "-", &r.metric)
+            && base > 0.0
+        {
+            out.push(Record {
+                metric: name.into(),
+                value: r.value / base,
+                higher_is_better: false,
+                ..r.clone()
+            });
+        }
+    }
+    out
+}
+
+fn cell(g: &BTreeMap<Key, Vec<f64>>, k: Key, digits: usize) -> String {
+    match g.get(&k) {
+        None => "-".into(),
+        Some(v) => {
+            let (m, ci) = mean_ci(v);
+            if v.len() > 1 {
+                format!("{m:.digits$} ±{ci:.digits$}")
+            } else {
+                format!("{m:.digits$}")
+            }
+        }
+    }
+}
+
+/// The summary table as rows of strings: one row per dataset, model and defence.
+fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
+    let g = group(records);
+    let mut attacks: Vec<String> = Vec::new();
+    let mut victims: Vec<(String, String, String)> = Vec::new();
+    for r in records {
+        if r.attack != "-" && r.defence != "*" && !attacks.contains(&r.attack) {
+            attacks.push(r.attack.clone());
+        }
+        let v = (r.dataset.clone(), r.model.clone(), r.defence.clone());
+        if r.defence != "*" && !victims.contains(&v) {
+            victims.push(v);
+        }
+    }
+    let mut header = vec![
+        "dataset".to_string(),
+        "model".into(),
+        "defence".into(),
+        "owner acc".into(),
+        "p50 ms (x none)".into(),
+    ];
+    header.extend(attacks.iter().map(|a| format!("{a}: acc / fid / gain")));
+    let mut rows = Vec::new();
+    for (d, m, def) in &victims {
+        let k = |attack: &str, metric: &str| {
+            (
+                d.clone(),
+                m.clone(),
+                def.clone(),
+                attack.to_string(),
+                metric.to_string(),
+            )
+        };
+        let mut row = vec![
+            d.clone(),
+            m.clone(),
+            def.clone(),
+            cell(&g, k("-", "owner-accuracy"), 4),
+        ];
+        row.push(format!(
+            "{} ({})",
+            cell(&g, k("-", "latency-ms-p50"), 2),
+            cell(&g, k("-", "latency-p50-ratio"), 2)
+        ));
+        for a in &attacks {
+            row.push(format!(
+                "{} / {} / {}",
+                cell(&g, k(a, "attacker-accuracy"), 3),
+                cell(&g, k(a, "fidelity"), 3),
+                cell(&g, k(a, "theft-gain"), 3)
+            ));
+        }
+        rows.push(row);
+    }
+    // No-theft references (attacks that need no exposure).
+    let mut refs: Vec<(String, String, String)> = Vec::new();
+    for r in records.iter().filter(|r| r.defence == "*") {
+        let v = (r.dataset.clone(), r.model.clone(), r.attack.clone());
+        if !refs.contains(&v) {
+            refs.push(v);
+        }
+    }
+    for (d, m, a) in refs {
+        let mut row = vec![d.clone(), m.clone(), format!("({a}: no theft)")];
+        row.push(cell(
+            &g,
+            (d, m, "*".into(), a, "attacker-accuracy".into()),
+            4,
+        ));
+        row.resize(header.len(), String::new());
+        rows.push(row);
+    }
+    (header, rows)
+}
+
+/// The terminal table.
+pub fn terminal_table(records: &[Record]) -> String {
+    let (header, rows) = table_rows(records);
+    let mut b = Builder::default();
+    b.push_record(header);
+    for r in rows {
+        b.push_record(r);
+    }
+    b.build().with(Style::rounded()).to_string()
+}
+
+/// A Markdown summary.
+pub fn markdown(records: &[Record], title: &str, errors: &[&Record]) -> String {
+    let (header, rows) = table_rows(records);
+    let mut s = format!("# {title}\n\n");
+    s.push_str(
+        "Owner accuracy is top-1 on the test split; p50 is batch-1 latency in ms (ratio to `none`). \
+         For each attack: the attacker's test accuracy, fidelity (top-1 agreement with the owner's \
+         model), and theft gain (accuracy minus the no-theft reference trained on the attacker's \
+         data alone). Means over seeds, ±95% interval when there are several.\n\n",
+    );
+    s.push_str(&format!("| {} |\n", header.join(" | ")));
+    s.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+    for r in rows {
+        s.push_str(&format!("| {} |\n", r.join(" | ")));
+    }
+    if !errors.is_empty() {
+        s.push_str("\n## Failed cells\n\n");
+        for e in errors {
+            s.push_str(&format!(
+                "- {}/{}/{}/{}/seed {}: {}\n",
+                e.dataset, e.model, e.defence, e.attack, e.seed, e.error
+            ));
+        }
+    }
+    s
+}
+
+/// Writes `records.csv` (all rows, derived ones included).
+pub fn write_csv(path: &Path, records: &[Record]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in records {
+        w.serialize(r)?;
+    }
+    let bytes = w.into_inner().context("failed to finish the CSV")?;
+    harness_core::atomic_file::write_atomically(path, &bytes)
+        .with_context(|| format!("failed to write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_of_a_known_sample() {
+        let (m, ci) = mean_ci(&[1.0, 2.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12);
+        // sd = 1, t(2) = 4.303, ci = 4.303 / sqrt(3)
+        assert!((ci - 4.303 / 3f64.sqrt()).abs() < 1e-9);
+        assert_eq!(mean_ci(&[5.0]), (5.0, 0.0));
+    }
+}

@@ -1,0 +1,566 @@
+//! Runs a plan: trains each victim once (cached on disk by a hash of what shapes it), protects
+//! it with each defence, attacks each protected model, and appends tidy records cell by cell.
+//! The harness, not the components, measures time, latency and size, so overhead is measured
+//! one way for all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::Device;
+use datasets::catalog::{DatasetId, LoadOptions, Normalization};
+use datasets::split::{SplitFractions, disjoint_splits, stratified_subset};
+use datasets::{ImageSet, Split};
+use harness_core::protect::{
+    AttackContext, DefenceContext, Deployed, Exposure, Measure, Oracle, PlainModel, Protected,
+    Victim,
+};
+use harness_core::train::{CrossEntropy, SgdConfig, TrainConfig, TrainOptions, train};
+use harness_core::{Arch, ModelSpec, ParamStore};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use super::config::MatrixFile;
+use super::plan::{CellKey, Plan};
+use super::records::{Record, RecordLog};
+
+/// Bumped when the victim cache format or training semantics change.
+const VICTIM_CACHE_VERSION: &str = "victim-v1";
+
+/// Everything a run needs besides the plan.
+pub struct RunSettings {
+    /// The matrix after its profile.
+    pub matrix: MatrixFile,
+    /// Run id (folder name under the results dir).
+    pub run_id: String,
+    /// Hash of the matrix configuration.
+    pub config_hash: String,
+    /// Results root (`results/`).
+    pub results_dir: PathBuf,
+    /// Data root.
+    pub data_dir: PathBuf,
+    /// Compute device.
+    pub device: Device,
+    /// Show progress.
+    pub progress: bool,
+    /// Shard `(i, n)`: run only the cells of shard i of n.
+    pub shard: (usize, usize),
+}
+
+/// Loaded data of one dataset and seed.
+struct Slices {
+    owner: ImageSet,
+    attacker: ImageSet,
+    transfer: ImageSet,
+    test: ImageSet,
+    normalization: Normalization,
+}
+
+/// What a run did.
+pub struct Outcome {
+    /// Cells run now.
+    pub ran: usize,
+    /// Cells skipped because a previous run finished them.
+    pub skipped: usize,
+    /// Cells that failed.
+    pub failed: usize,
+}
+
+/// Runs every pending cell of the plan in this shard.
+pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<Outcome> {
+    let done = log.finished_cells()?;
+    let mine: Vec<&CellKey> = plan
+        .cells
+        .iter()
+        .filter(|c| c.in_shard(s.shard.0, s.shard.1))
+        .collect();
+    let pending: Vec<&CellKey> = mine
+        .iter()
+        .copied()
+        .filter(|c| !done.contains(&c.id()))
+        .collect();
+    let skipped = mine.len() - pending.len();
+    let bar = overall_bar(s.progress, mine.len() as u64, skipped as u64);
+
+    // Group by victim (dataset, model, seed), in plan order.
+    let mut groups: BTreeMap<(String, String, u64), Vec<&CellKey>> = BTreeMap::new();
+    for c in &pending {
+        groups
+            .entry((c.dataset.clone(), c.model.clone(), c.seed))
+            .or_default()
+            .push(c);
+    }
+    let mut failed = 0;
+    let mut data_cache: HashMap<String, (ImageSet, ImageSet)> = HashMap::new();
+    for ((dataset, model, seed), cells) in groups {
+        bar.set_message(format!("{dataset}/{model}/seed {seed}: data"));
+        let prepared = prepare_group(s, &mut data_cache, &dataset, &model, seed, &bar);
+        let (slices, victim) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                for c in &cells {
+                    log.append(&[error_row(s, c, &e)])?;
+                    failed += 1;
+                    bar.inc(1);
+                }
+                continue;
+            }
+        };
+        let mut protected: HashMap<String, Result<(Protected, f64), String>> = HashMap::new();
+        for cell in cells {
+            bar.set_message(format!("{}", cell.id()));
+            let rows = run_cell(s, plan, cell, &slices, &victim, &mut protected)
+                .map_err(|e| e.context(format!("cell {}", cell.id())));
+            match rows {
+                Ok(rows) => log.append(&rows)?,
+                Err(e) => {
+                    failed += 1;
+                    bar.println(format!("error: {e:#}"));
+                    log.append(&[error_row(s, cell, &e)])?;
+                }
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Outcome {
+        ran: pending.len(),
+        skipped,
+        failed,
+    })
+}
+
+fn overall_bar(show: bool, total: u64, done: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("cells [{bar:30.green/white}] {pos}/{len} (eta {eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_position(done);
+    bar
+}
+
+fn load_dataset(
+    s: &RunSettings,
+    cache: &mut HashMap<String, (ImageSet, ImageSet)>,
+    dataset: &str,
+) -> anyhow::Result<(ImageSet, ImageSet)> {
+    if let Some(d) = cache.get(dataset) {
+        return Ok(d.clone());
+    }
+    let id = DatasetId::parse(dataset)?;
+    let opts = LoadOptions {
+        progress: s.progress,
+        ..LoadOptions::default()
+    };
+    let train = datasets::catalog::load(&id, &s.data_dir, Split::Train, &opts)
+        .with_context(|| format!("failed to load {dataset} (train)"))?;
+    let test = datasets::catalog::load(&id, &s.data_dir, Split::Test, &opts)
+        .with_context(|| format!("failed to load {dataset} (test)"))?;
+    cache.insert(dataset.to_string(), (train.clone(), test.clone()));
+    Ok((train, test))
+}
+
+fn prepare_group(
+    s: &RunSettings,
+    data_cache: &mut HashMap<String, (ImageSet, ImageSet)>,
+    dataset: &str,
+    model: &str,
+    seed: u64,
+    bar: &ProgressBar,
+) -> anyhow::Result<(Slices, Victim)> {
+    let m = &s.matrix;
+    let (train_all, test_all) = load_dataset(s, data_cache, dataset)?;
+    let normalization = DatasetId::parse(dataset)?.info().normalization;
+    let train_set = match m.data.train_limit {
+        Some(n) if n < train_all.len() => train_all.select(&stratified_subset(&train_all, n, seed)),
+        _ => train_all,
+    };
+    let test = match m.data.test_limit {
+        Some(n) if n < test_all.len() => test_all.select(&stratified_subset(&test_all, n, seed)),
+        _ => test_all,
+    };
+    let fractions = SplitFractions {
+        owner: m.data.owner,
+        attacker: m.data.attacker,
+        held_out: 0.0,
+    };
+    let splits = disjoint_splits(&train_set, &fractions, seed)?;
+    let owner = train_set.select(&splits.owner);
+    let attacker = train_set.select(&splits.attacker);
+    let transfer = if m.data.transfer == "attacker" {
+        attacker.clone()
+    } else {
+        let (other, _) = load_dataset(s, data_cache, &m.data.transfer)?;
+        let n = attacker.len().min(other.len());
+        other.select(&stratified_subset(&other, n, seed))
+    };
+
+    let arch = Arch::parse(model)?;
+    let spec = ModelSpec {
+        arch,
+        num_classes: owner.num_classes(),
+        in_channels: owner.channels,
+        width: if arch.has_width() {
+            m.victim.width
+        } else {
+            1.0
+        },
+    };
+    let recipe = TrainConfig {
+        epochs: m.victim.epochs,
+        batch_size: m.victim.batch_size,
+        sgd: SgdConfig {
+            lr: m.victim.lr,
+            weight_decay: m.victim.weight_decay,
+            ..SgdConfig::default()
+        },
+        augment: m.victim.augment.then(Default::default),
+        normalization: Some(normalization),
+        seed,
+        ..TrainConfig::default()
+    };
+    let params = ParamStore::new(seed, &s.device);
+    let plain = PlainModel::build(spec.clone(), params.clone())?;
+    let key = victim_key(dataset, &spec, &recipe, s, seed);
+    let cached = s
+        .results_dir
+        .join("cache")
+        .join("victims")
+        .join(format!("{key}.safetensors"));
+    if cached.exists() && params.load(&cached).is_ok() {
+        bar.println(format!(
+            "victim {dataset}/{model}/seed {seed}: cached ({})",
+            cached.display()
+        ));
+    } else {
+        bar.set_message(format!(
+            "{dataset}/{model}/seed {seed}: training the victim"
+        ));
+        let report = train(
+            &*plain.model,
+            &params,
+            &owner,
+            &recipe,
+            &CrossEntropy,
+            &TrainOptions::default(),
+            &s.device,
+        )?;
+        params.save(&cached)?;
+        bar.println(format!(
+            "victim {dataset}/{model}/seed {seed}: trained {} epochs on {} images in {:.0} s",
+            report.history.len(),
+            owner.len(),
+            report.train_seconds
+        ));
+    }
+    Ok((
+        Slices {
+            owner,
+            attacker,
+            transfer,
+            test,
+            normalization,
+        },
+        Victim {
+            model: plain,
+            train: recipe,
+        },
+    ))
+}
+
+/// Hash of everything that shapes a victim's weights.
+fn victim_key(
+    dataset: &str,
+    spec: &ModelSpec,
+    recipe: &TrainConfig,
+    s: &RunSettings,
+    seed: u64,
+) -> String {
+    let d = &s.matrix.data;
+    let value = serde_json::json!({
+        "version": VICTIM_CACHE_VERSION,
+        "harness": env!("CARGO_PKG_VERSION"),
+        "dataset": dataset,
+        "spec": spec,
+        "recipe": recipe,
+        "train_limit": d.train_limit,
+        "owner": d.owner,
+        "attacker": d.attacker,
+        "seed": seed,
+        "device": crate::device::describe(&s.device),
+    });
+    let h = Sha256::digest(value.to_string().as_bytes());
+    h.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+fn run_cell(
+    s: &RunSettings,
+    plan: &Plan,
+    cell: &CellKey,
+    data: &Slices,
+    victim: &Victim,
+    protected: &mut HashMap<String, Result<(Protected, f64), String>>,
+) -> anyhow::Result<Vec<Record>> {
+    let row = |metric: &str, value: f64, higher: bool, secs: f64| Record {
+        run: s.run_id.clone(),
+        dataset: cell.dataset.clone(),
+        model: cell.model.clone(),
+        defence: cell.defence.clone(),
+        attack: cell.attack.clone(),
+        seed: cell.seed,
+        metric: metric.to_string(),
+        value,
+        higher_is_better: higher,
+        status: "ok".into(),
+        error: String::new(),
+        wall_seconds: secs,
+        config_hash: s.config_hash.clone(),
+        git: env!("PROTBENCH_GIT").to_string(),
+    };
+    let mut rows = Vec::new();
+    let norm = Some(&data.normalization);
+    let victim_preds = predict(&victim.model, &data.test, norm, &s.device)?;
+
+    // Attacks that need no exposure do not depend on the defence.
+    if cell.defence == "*" {
+        let entry = plan
+            .attacks
+            .iter()
+            .find(|a| a.name == cell.attack)
+            .context("attack entry vanished from the plan")?;
+        let ctx = attack_context(s, data, victim);
+        let start = Instant::now();
+        let stolen = entry
+            .attack
+            .run(&ctx, &Exposure::default(), &entry.budget)?;
+        let secs = start.elapsed().as_secs_f64();
+        rows.extend(model_rows(
+            &row,
+            &*stolen.model,
+            data,
+            &victim_preds,
+            s,
+            secs,
+        )?);
+        rows.push(row("attack-seconds", secs, false, secs));
+        rows.extend(stolen.measures.iter().map(|m| measure_row(&row, m, secs)));
+        return Ok(rows);
+    }
+
+    let dentry = plan
+        .defences
+        .iter()
+        .find(|d| d.name == cell.defence)
+        .context("defence entry vanished from the plan")?;
+    if !protected.contains_key(&dentry.name) {
+        let ctx = DefenceContext {
+            device: &s.device,
+            owner_data: &data.owner,
+            normalization: data.normalization,
+            seed: cell.seed,
+            progress: s.progress,
+        };
+        let start = Instant::now();
+        let result = dentry
+            .defence
+            .protect(&ctx, victim)
+            .map(|p| (p, start.elapsed().as_secs_f64()))
+            .map_err(|e| format!("{e}"));
+        protected.insert(dentry.name.clone(), result);
+    }
+    let (prot, protect_secs) = match protected.get(&dentry.name) {
+        Some(Ok((p, secs))) => (p, *secs),
+        Some(Err(e)) => anyhow::bail!("defence `{}` failed: {e}", dentry.name),
+        None => anyhow::bail!("defence `{}` was not run", dentry.name),
+    };
+
+    if cell.attack == "-" {
+        let owner_acc = accuracy(&*prot.owner, &data.test, norm, &s.device)?;
+        rows.push(row("owner-accuracy", owner_acc, true, protect_secs));
+        let (p50, p99) = latency_ms(&*prot.owner, &data.test, norm, &s.device)?;
+        rows.push(row("latency-ms-p50", p50, false, protect_secs));
+        rows.push(row("latency-ms-p99", p99, false, protect_secs));
+        rows.push(row("protect-seconds", protect_secs, false, protect_secs));
+        rows.push(row(
+            "model-bytes",
+            prot.owner.model_bytes() as f64,
+            false,
+            protect_secs,
+        ));
+        for (name, level) in &prot.levels {
+            let acc = accuracy(&**level, &data.test, norm, &s.device)?;
+            rows.push(row(
+                &format!("level-accuracy:{name}"),
+                acc,
+                true,
+                protect_secs,
+            ));
+        }
+        rows.extend(
+            prot.measures
+                .iter()
+                .map(|m| measure_row(&row, m, protect_secs)),
+        );
+        return Ok(rows);
+    }
+
+    let aentry = plan
+        .attacks
+        .iter()
+        .find(|a| a.name == cell.attack)
+        .context("attack entry vanished from the plan")?;
+    let oracle = Oracle::new(
+        prot.owner.clone(),
+        dentry.mode,
+        dentry.perturbations.clone(),
+    )
+    .with_limit(aentry.budget.queries);
+    let exposure = Exposure {
+        weights: prot.stolen.clone(),
+        oracle: Some(oracle.clone()),
+    };
+    let owner_preds = predict(&*prot.owner, &data.test, norm, &s.device)?;
+    let ctx = attack_context(s, data, victim);
+    let start = Instant::now();
+    let stolen = aentry.attack.run(&ctx, &exposure, &aentry.budget)?;
+    let secs = start.elapsed().as_secs_f64();
+    rows.extend(model_rows(
+        &row,
+        &*stolen.model,
+        data,
+        &owner_preds,
+        s,
+        secs,
+    )?);
+    rows.push(row(
+        "queries-used",
+        oracle.ledger().images() as f64,
+        false,
+        secs,
+    ));
+    rows.push(row("attack-seconds", secs, false, secs));
+    rows.extend(stolen.measures.iter().map(|m| measure_row(&row, m, secs)));
+    Ok(rows)
+}
+
+fn attack_context<'a>(s: &'a RunSettings, data: &'a Slices, victim: &Victim) -> AttackContext<'a> {
+    AttackContext {
+        device: &s.device,
+        attacker_data: &data.attacker,
+        transfer_data: &data.transfer,
+        normalization: data.normalization,
+        train: victim.train.clone(),
+        seed: victim.train.seed,
+        progress: s.progress,
+    }
+}
+
+/// Attacker accuracy and fidelity to the owner's deployed model.
+fn model_rows(
+    row: &dyn Fn(&str, f64, bool, f64) -> Record,
+    model: &dyn Deployed,
+    data: &Slices,
+    reference: &[u32],
+    s: &RunSettings,
+    secs: f64,
+) -> anyhow::Result<Vec<Record>> {
+    let preds = predict(model, &data.test, Some(&data.normalization), &s.device)?;
+    let acc = agreement_with_labels(&preds, &data.test.labels);
+    let fidelity = harness_core::eval::agreement(&preds, reference);
+    // For an attacker, accuracy and fidelity are the thief's gains: lower is better for the owner.
+    Ok(vec![
+        row("attacker-accuracy", acc, false, secs),
+        row("fidelity", fidelity, false, secs),
+    ])
+}
+
+fn measure_row(row: &dyn Fn(&str, f64, bool, f64) -> Record, m: &Measure, secs: f64) -> Record {
+    row(&m.metric, m.value, m.higher_is_better, secs)
+}
+
+fn error_row(s: &RunSettings, cell: &CellKey, e: &anyhow::Error) -> Record {
+    Record {
+        run: s.run_id.clone(),
+        dataset: cell.dataset.clone(),
+        model: cell.model.clone(),
+        defence: cell.defence.clone(),
+        attack: cell.attack.clone(),
+        seed: cell.seed,
+        metric: "error".into(),
+        value: f64::NAN,
+        higher_is_better: false,
+        status: "error".into(),
+        error: format!("{e:#}"),
+        wall_seconds: 0.0,
+        config_hash: s.config_hash.clone(),
+        git: env!("PROTBENCH_GIT").to_string(),
+    }
+}
+
+fn predict(
+    model: &dyn Deployed,
+    set: &ImageSet,
+    norm: Option<&Normalization>,
+    device: &Device,
+) -> anyhow::Result<Vec<u32>> {
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let mut out = Vec::with_capacity(set.len());
+    for chunk in idx.chunks(256) {
+        let xs = datasets::batch::to_tensor(set, chunk, norm, device)?;
+        let logits = model.logits(&xs)?;
+        out.extend(logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?);
+    }
+    Ok(out)
+}
+
+fn accuracy(
+    model: &dyn Deployed,
+    set: &ImageSet,
+    norm: Option<&Normalization>,
+    device: &Device,
+) -> anyhow::Result<f64> {
+    let preds = predict(model, set, norm, device)?;
+    Ok(agreement_with_labels(&preds, &set.labels))
+}
+
+fn agreement_with_labels(preds: &[u32], labels: &[u32]) -> f64 {
+    harness_core::eval::agreement(preds, labels)
+}
+
+/// Batch-1 latency of a deployment: median and 99th percentile over 100 timed queries after 10
+/// warm-up queries, in milliseconds.
+fn latency_ms(
+    model: &dyn Deployed,
+    set: &ImageSet,
+    norm: Option<&Normalization>,
+    device: &Device,
+) -> anyhow::Result<(f64, f64)> {
+    let mut times = Vec::with_capacity(100);
+    for i in 0..110 {
+        let xs = datasets::batch::to_tensor(set, &[i % set.len()], norm, device)?;
+        let start = Instant::now();
+        let out = model.logits(&xs)?;
+        // Force the computation on lazy devices before stopping the clock.
+        let _ = out
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        if i >= 10 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let pct = |p: f64| times[((p / 100.0) * (times.len() - 1) as f64).round() as usize];
+    Ok((pct(50.0), pct(99.0)))
+}
+
+/// Results folder of a run.
+pub fn run_dir(results: &Path, run_id: &str) -> PathBuf {
+    results.join(run_id)
+}
