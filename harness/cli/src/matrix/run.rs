@@ -109,7 +109,7 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
         };
         let mut protected: HashMap<String, Result<(Protected, f64), String>> = HashMap::new();
         for cell in cells {
-            bar.set_message(format!("{}", cell.id()));
+            bar.set_message(cell.id());
             let rows = run_cell(s, plan, cell, &slices, &victim, &mut protected)
                 .map_err(|e| e.context(format!("cell {}", cell.id())));
             match rows {

@@ -1,0 +1,186 @@
+//! `harness run --matrix` end to end on synthetic data: plans, runs, writes every output, resumes,
+//! and rejects bad matrices before anything trains.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn harness(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(args)
+        .current_dir(cwd)
+        .env("HARNESS_CACHE", cwd.join("cache"))
+        .env_remove("HARNESS_DATA")
+        .output()
+        .expect("the harness binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const MATRIX: &str = r#"
+name = "t"
+[axes]
+datasets = ["synthetic:8"]
+models = ["resnet20"]
+defences = ["none", "none+top1-label"]
+attacks = ["scratch", "extraction", "ftll"]
+seeds = [0]
+[victim]
+epochs = 2
+batch_size = 32
+lr = 0.05
+[budget]
+epochs = 1
+queries = 128
+[attacks.ftll]
+use = "fine-tune"
+variant = "ftll"
+"#;
+
+#[test]
+fn runs_writes_outputs_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.toml"), MATRIX).unwrap();
+    let out = harness(&["run", "--matrix", "m.toml", "--quiet"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("results"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("t-default-"))
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = dir.path().join("results").join(&runs[0]);
+    for f in ["records.jsonl", "records.csv", "summary.md", "run.json"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let jsonl = std::fs::read_to_string(run.join("records.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let metric = |defence: &str, attack: &str, metric: &str| {
+        rows.iter()
+            .find(|r| r["defence"] == defence && r["attack"] == attack && r["metric"] == metric)
+            .map(|r| r["value"].as_f64().unwrap())
+    };
+    // 2 defence cells + 2 defences x 2 attacks + 1 scratch = 7 cells, none failed.
+    assert!(rows.iter().all(|r| r["status"] == "ok"), "{jsonl}");
+    assert!(metric("none", "-", "owner-accuracy").unwrap() > 0.1);
+    assert!(metric("none", "-", "latency-ms-p50").unwrap() > 0.0);
+    assert!(metric("*", "scratch", "attacker-accuracy").is_some());
+    assert_eq!(
+        metric("none", "extraction", "queries-used"),
+        Some(128.0),
+        "the ledger counts queries"
+    );
+    assert!(metric("none+top1-label", "ftll", "fidelity").is_some());
+    // White-box attacks ignore the oracle: top-1 labels do not change what fine-tuning sees.
+    assert_eq!(
+        metric("none", "ftll", "attacker-accuracy"),
+        metric("none+top1-label", "ftll", "attacker-accuracy")
+    );
+    let csv = std::fs::read_to_string(run.join("records.csv")).unwrap();
+    assert!(csv.contains("theft-gain"), "derived theft gain in the CSV");
+    let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(summary.contains("none+top1-label"), "{summary}");
+
+    // The same command again: every cell is finished, nothing reruns.
+    let out = harness(
+        &["run", "--matrix", "m.toml", "--json", "--quiet"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["cells_run"], 0);
+    assert_eq!(v["cells_skipped"], 7);
+    assert_eq!(
+        std::fs::read_to_string(run.join("records.jsonl")).unwrap(),
+        jsonl
+    );
+}
+
+#[test]
+fn shards_partition_the_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.toml"), MATRIX).unwrap();
+    let cells = |shard: Option<&str>| {
+        let mut args = vec!["run", "--matrix", "m.toml", "--dry-run"];
+        if let Some(s) = shard {
+            args.extend(["--shard", s]);
+        }
+        let out = harness(&args, dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let all = cells(None);
+    assert_eq!(all.len(), 7);
+    let mut joined = [cells(Some("1/3")), cells(Some("2/3")), cells(Some("3/3"))].concat();
+    joined.sort();
+    let mut all_sorted = all.clone();
+    all_sorted.sort();
+    assert_eq!(
+        joined, all_sorted,
+        "shards are disjoint and cover the matrix"
+    );
+}
+
+#[test]
+fn bad_matrices_are_usage_errors_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            MATRIX.replace("\"extraction\"", "\"extractoin\""),
+            "did you mean `extraction`",
+        ),
+        (
+            MATRIX.replace("\"none\",", "\"none\", \"nope\","),
+            "unknown defence `nope`",
+        ),
+        (
+            MATRIX.replace("variant = \"ftll\"", "variant = \"ftll\"\nfoo = 1"),
+            "unknown field `foo`",
+        ),
+        (
+            MATRIX.replace("[victim]", "[victim]\nepoch = 3"),
+            "unknown field `epoch`",
+        ),
+        (
+            MATRIX.replace("none+top1-label", "none+top2-label"),
+            "unknown output perturbation",
+        ),
+        (MATRIX.replace("\"resnet20\"", "\"resnet21\""), "resnet20"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        std::fs::write(dir.path().join("bad.toml"), text).unwrap();
+        let out = harness(&["run", "--matrix", "bad.toml"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "case {i}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "case {i}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !dir.path().join("results").exists(),
+            "case {i}: nothing may run"
+        );
+    }
+    let out = harness(
+        &["run", "--matrix", "bad.toml", "--profile", "fast"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = harness(
+        &["run", "--matrix", "bad.toml", "--shard", "4/3"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
