@@ -39,3 +39,8 @@ print(f"smoke: test accuracy after training {train_acc:.4f}, re-evaluated from d
 assert train_acc > 0.25, f"the model did not learn: accuracy {train_acc}"
 assert abs(train_acc - eval_acc) < 1e-9, "saved weights do not reproduce the trained model's accuracy"
 PY
+
+# The attack x defence matrix on real data, tiny profile (600 training images, 1 epoch each):
+# checks that every registered attack runs against every baseline defence and writes its tables.
+"$harness" run --matrix ci/smoke.toml --profile tiny --data-dir "$data" --results "$work/results"
+test -s "$work"/results/smoke-tiny-*/summary.md
