@@ -205,6 +205,18 @@ fn list_shows_datasets_and_models() {
     ] {
         assert!(models.contains(&m), "{m} missing from {models:?}");
     }
+    let ids = |key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(ids("defences").contains(&"none".to_string()));
+    for a in ["extraction", "fine-tune", "prune", "adv-train", "scratch"] {
+        assert!(ids("attacks").contains(&a.to_string()), "{a}");
+    }
     let r20 = v["models"]
         .as_array()
         .unwrap()

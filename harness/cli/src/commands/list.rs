@@ -16,6 +16,12 @@ struct DatasetRow {
 }
 
 #[derive(Tabled)]
+struct ComponentRow {
+    id: &'static str,
+    summary: &'static str,
+}
+
+#[derive(Tabled)]
 struct ModelRow {
     id: &'static str,
     #[tabled(rename = "parameters (10 classes)")]
@@ -52,8 +58,33 @@ pub fn run(args: ListArgs) -> anyhow::Result<()> {
             description: arch.description(),
         });
     }
+    let defence_registry = defences::registry();
+    let mut attack_registry = harness_core::protect::Registry::new("attack");
+    attacks::register(&mut attack_registry);
+    let components = |entries: Vec<(&'static str, &'static str)>| -> Vec<ComponentRow> {
+        entries
+            .into_iter()
+            .map(|(id, summary)| ComponentRow { id, summary })
+            .collect()
+    };
+    let defence_rows = components(
+        defence_registry
+            .entries()
+            .iter()
+            .map(|e| (e.id, e.summary))
+            .collect(),
+    );
+    let attack_rows = components(
+        attack_registry
+            .entries()
+            .iter()
+            .map(|e| (e.id, e.summary))
+            .collect(),
+    );
     if args.json {
         return print_json(&json!({
+            "defences": defence_rows.iter().map(|d| json!({"id": d.id, "summary": d.summary})).collect::<Vec<_>>(),
+            "attacks": attack_rows.iter().map(|d| json!({"id": d.id, "summary": d.summary})).collect::<Vec<_>>(),
             "datasets": datasets.iter().map(|d| json!({"id": d.id, "classes": d.classes, "shape": d.shape, "description": d.description})).collect::<Vec<_>>(),
             "models": models.iter().map(|m| json!({"id": m.id, "parameters": m.parameters, "description": m.description})).collect::<Vec<_>>(),
         }));
@@ -67,5 +98,13 @@ pub fn run(args: ListArgs) -> anyhow::Result<()> {
         Table::new(&models).with(Style::rounded())
     );
     println!("\nimage-folder:PATH reads PATH/{{train,test}}/<class>/*.jpg|png.");
+    println!(
+        "\nDefences (matrix axes.defences; add +reverse-sigmoid, +top1-label, +top-k:K, +round:D, +gaussian-noise:STD for output perturbations):\n{}",
+        Table::new(&defence_rows).with(Style::rounded())
+    );
+    println!(
+        "\nAttacks (matrix axes.attacks):\n{}",
+        Table::new(&attack_rows).with(Style::rounded())
+    );
     Ok(())
 }
