@@ -57,6 +57,14 @@ struct Slices {
     normalization: Normalization,
 }
 
+/// A protected victim with what the harness measured once for all its attack cells.
+struct ProtectedCell {
+    protected: Protected,
+    protect_seconds: f64,
+    /// The owner's predictions on the test set (the reference for fidelity).
+    owner_preds: Vec<u32>,
+}
+
 /// What a run did.
 pub struct Outcome {
     /// Cells run now.
@@ -107,7 +115,7 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
                 continue;
             }
         };
-        let mut protected: HashMap<String, Result<(Protected, f64), String>> = HashMap::new();
+        let mut protected: HashMap<String, Result<ProtectedCell, String>> = HashMap::new();
         for cell in cells {
             bar.set_message(cell.id());
             let rows = run_cell(s, plan, cell, &slices, &victim, &mut protected)
@@ -305,7 +313,7 @@ fn run_cell(
     cell: &CellKey,
     data: &Slices,
     victim: &Victim,
-    protected: &mut HashMap<String, Result<(Protected, f64), String>>,
+    protected: &mut HashMap<String, Result<ProtectedCell, String>>,
 ) -> anyhow::Result<Vec<Record>> {
     let row = |metric: &str, value: f64, higher: bool, secs: f64| Record {
         run: s.run_id.clone(),
@@ -325,7 +333,6 @@ fn run_cell(
     };
     let mut rows = Vec::new();
     let norm = Some(&data.normalization);
-    let victim_preds = predict(&victim.model, &data.test, norm, &s.device)?;
 
     // Attacks that need no exposure do not depend on the defence.
     if cell.defence == "*" {
@@ -334,6 +341,7 @@ fn run_cell(
             .iter()
             .find(|a| a.name == cell.attack)
             .context("attack entry vanished from the plan")?;
+        let victim_preds = predict(&victim.model, &data.test, norm, &s.device)?;
         let ctx = attack_context(s, data, victim);
         let start = Instant::now();
         let stolen = entry
@@ -370,18 +378,27 @@ fn run_cell(
         let result = dentry
             .defence
             .protect(&ctx, victim)
-            .map(|p| (p, start.elapsed().as_secs_f64()))
-            .map_err(|e| format!("{e}"));
+            .map_err(|e| format!("{e}"))
+            .and_then(|protected| {
+                let protect_seconds = start.elapsed().as_secs_f64();
+                let owner_preds = predict(&*protected.owner, &data.test, norm, &s.device)
+                    .map_err(|e| format!("{e:#}"))?;
+                Ok(ProtectedCell {
+                    protected,
+                    protect_seconds,
+                    owner_preds,
+                })
+            });
         protected.insert(dentry.name.clone(), result);
     }
-    let (prot, protect_secs) = match protected.get(&dentry.name) {
-        Some(Ok((p, secs))) => (p, *secs),
+    let (prot, protect_secs, owner_preds) = match protected.get(&dentry.name) {
+        Some(Ok(p)) => (&p.protected, p.protect_seconds, &p.owner_preds),
         Some(Err(e)) => anyhow::bail!("defence `{}` failed: {e}", dentry.name),
         None => anyhow::bail!("defence `{}` was not run", dentry.name),
     };
 
     if cell.attack == "-" {
-        let owner_acc = accuracy(&*prot.owner, &data.test, norm, &s.device)?;
+        let owner_acc = agreement_with_labels(owner_preds, &data.test.labels);
         rows.push(row("owner-accuracy", owner_acc, true, protect_secs));
         let (p50, p99) = latency_ms(&*prot.owner, &data.test, norm, &s.device)?;
         rows.push(row("latency-ms-p50", p50, false, protect_secs));
@@ -425,7 +442,6 @@ fn run_cell(
         weights: prot.stolen.clone(),
         oracle: Some(oracle.clone()),
     };
-    let owner_preds = predict(&*prot.owner, &data.test, norm, &s.device)?;
     let ctx = attack_context(s, data, victim);
     let start = Instant::now();
     let stolen = aentry.attack.run(&ctx, &exposure, &aentry.budget)?;
@@ -434,7 +450,7 @@ fn run_cell(
         &row,
         &*stolen.model,
         data,
-        &owner_preds,
+        owner_preds,
         s,
         secs,
     )?);
