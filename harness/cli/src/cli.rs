@@ -33,6 +33,19 @@ pub enum Command {
     ///
     /// Example: harness eval --dataset cifar10 --model resnet20 --weights r20.safetensors
     Eval(EvalArgs),
+    /// Join the records of several shards of one matrix into one run.
+    ///
+    /// Example: harness merge results/quick-default-*-shard* --into results/quick-merged
+    Merge(MergeArgs),
+    /// Compare two runs metric by metric; exit non-zero when a metric regresses beyond its
+    /// tolerance (what nightly CI gates on).
+    ///
+    /// Example: harness compare results/baselines/smoke results/smoke-tiny-0d17bbd81dff
+    Compare(CompareArgs),
+    /// Measure training and inference speed and peak memory of a zoo model on this machine.
+    ///
+    /// Example: harness bench --model resnet20 --json
+    Bench(BenchArgs),
     /// Fetch datasets from their official sources, or show what is where.
     Data(DataArgs),
     /// List the datasets and models this build knows.
@@ -234,4 +247,54 @@ pub struct RunArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub run: RunOpts,
+}
+
+/// `harness merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Run folders (each holding records.jsonl and run.json) to join.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub runs: Vec<PathBuf>,
+    /// The merged run folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub into: PathBuf,
+}
+
+/// `harness compare`.
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The reference run folder (or a records.jsonl / records.csv file).
+    pub base: PathBuf,
+    /// The new run folder (or records file).
+    pub new: PathBuf,
+    /// Allowed move in the wrong direction, absolute, for every metric: METRIC=VALUE pairs
+    /// (e.g. owner-accuracy=0.02), repeatable; `*=VALUE` sets the default.
+    #[arg(long, value_name = "METRIC=VALUE")]
+    pub tolerance: Vec<String>,
+    /// Print the comparison as one JSON object on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `harness bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// resnet20 or vgg-small (the speed reference's nets), or any zoo classifier.
+    #[arg(long, default_value = "resnet20")]
+    pub model: String,
+    /// Training batch size.
+    #[arg(long, default_value_t = 128)]
+    pub train_batch: usize,
+    /// Inference batch size.
+    #[arg(long, default_value_t = 256)]
+    pub infer_batch: usize,
+    /// Timed rounds of each measurement (after warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Force candle's stock kernels (to compare with the fast CPU path).
+    #[arg(long)]
+    pub stock: bool,
+    /// Print one JSON object on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
 }

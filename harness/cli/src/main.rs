@@ -18,6 +18,9 @@ fn main() -> std::process::ExitCode {
         cli::Command::Eval(args) => commands::eval::run(args),
         cli::Command::Data(args) => commands::data::run(args),
         cli::Command::List(args) => commands::list::run(args),
+        cli::Command::Merge(args) => commands::merge::run(args),
+        cli::Command::Compare(args) => commands::compare::run(args),
+        cli::Command::Bench(args) => commands::bench::run(args),
     };
     exit::report(result)
 }

@@ -66,6 +66,20 @@ fn runs_writes_outputs_and_resumes() {
     };
     // 2 defence cells + 2 defences x 2 attacks + 1 scratch = 7 cells, none failed.
     assert!(rows.iter().all(|r| r["status"] == "ok"), "{jsonl}");
+    // Each metric appears once per cell.
+    let mut keys: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}/{}/{}",
+                r["defence"], r["attack"], r["seed"], r["metric"]
+            )
+        })
+        .collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "a metric was recorded twice for one cell");
     assert!(metric("none", "-", "owner-accuracy").unwrap() > 0.1);
     assert!(metric("none", "-", "latency-ms-p50").unwrap() > 0.0);
     assert!(metric("*", "scratch", "attacker-accuracy").is_some());

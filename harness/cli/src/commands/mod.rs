@@ -1,8 +1,11 @@
 //! One file per subcommand, plus the set-up they share.
 
+pub mod bench;
+pub mod compare;
 pub mod data;
 pub mod eval;
 pub mod list;
+pub mod merge;
 pub mod run;
 mod setup;
 pub mod train;

@@ -1,5 +1,6 @@
 //! `harness run --matrix`: the attack x defence matrix.
 
+pub mod compare;
 pub mod config;
 pub mod plan;
 pub mod records;

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Side-by-side CPU speed of PyTorch and the harness on the two reference nets (ResNet-20 and
+# VGG-small), in one go on the same machine, so that the noise of a shared machine hits both.
+#
+# Each round runs, per net, the PyTorch reference (shared/bench/torch_reference.py, its own
+# `bench_net` measurement, one process per net so that peak memory is per net as for the harness)
+# and `harness bench --model NET --json`. The table shows min/median/max over the rounds of each
+# side's per-round median, and the ratios of the medians: harness/torch for throughput and memory
+# (>1: we are faster / use more memory), torch/harness for latency (>1: we are faster).
+#
+# Environment:
+#   ROUNDS       rounds (default 3)
+#   THREADS      threads for both sides (default 2; RAYON_NUM_THREADS for the harness)
+#   TORCH_PYTHON python with torch and numpy (default ~/.torchref/bin/python)
+#   SHARED_DIR   folder holding bench/torch_reference.py (default ../shared from the repo root)
+#   HARNESS      harness binary (default target/release/harness; build with
+#                `cargo build --release -p harness`)
+#   OUT_DIR      where the raw JSON of every run goes (default: a temporary folder, kept)
+#   HARNESS_ARGS extra arguments for `harness bench` (e.g. --stock)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ROUNDS="${ROUNDS:-3}"
+THREADS="${THREADS:-2}"
+TORCH_PYTHON="${TORCH_PYTHON:-$HOME/.torchref/bin/python}"
+SHARED_DIR="${SHARED_DIR:-$ROOT/../shared}"
+HARNESS="${HARNESS:-$ROOT/target/release/harness}"
+HARNESS_ARGS="${HARNESS_ARGS:-}"
+REFERENCE="$SHARED_DIR/bench/torch_reference.py"
+
+if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "ROUNDS must be a positive integer, got '$ROUNDS'" >&2
+    exit 2
+fi
+if [[ ! -f "$REFERENCE" ]]; then
+    echo "cannot find $REFERENCE (set SHARED_DIR to the folder holding bench/torch_reference.py)" >&2
+    exit 2
+fi
+if ! "$TORCH_PYTHON" -c 'import torch, numpy' >/dev/null 2>&1; then
+    echo "PyTorch is not available to $TORCH_PYTHON. Install it (large download, once) with:" >&2
+    echo "  python3 -m venv ~/.torchref && ~/.torchref/bin/pip install torch numpy" >&2
+    echo "or point TORCH_PYTHON at a python that has torch and numpy." >&2
+    exit 2
+fi
+if [[ ! -x "$HARNESS" ]]; then
+    echo "cannot find the harness binary $HARNESS; build it with: cargo build --release -p harness" >&2
+    exit 2
+fi
+command -v python3 >/dev/null || { echo "python3 is needed to read the JSON" >&2; exit 2; }
+
+OUT_DIR="${OUT_DIR:-$(mktemp -d -t compare_torch.XXXXXX)}"
+mkdir -p "$OUT_DIR"
+
+# Runs the reference's own measurement (`bench_net`) for one net in a fresh process and records
+# the process's peak resident memory beside it (the reference does not measure memory).
+torch_one() { # net-name class-name out.json
+    "$TORCH_PYTHON" - "$REFERENCE" "$THREADS" "$1" "$2" "$3" <<'PY'
+import importlib.util, json, resource, sys
+script, threads, net, cls, out = sys.argv[1:6]
+# The reference reads --threads from sys.argv when imported.
+sys.argv = [script, "nets", "--threads", threads]
+spec = importlib.util.spec_from_file_location("torch_reference", script)
+ref = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ref)
+res = ref.bench_net(net, getattr(ref, cls))
+res["torch"] = ref.torch.__version__
+res["threads"] = ref.torch.get_num_threads()
+res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with open(out, "w") as f:
+    json.dump(res, f, indent=1)
+PY
+}
+
+harness_one() { # model out.json
+    # shellcheck disable=SC2086
+    RAYON_NUM_THREADS="$THREADS" "$HARNESS" bench --model "$1" --json $HARNESS_ARGS \
+        >"$2.log" 2>"$2.err" || { echo "harness bench --model $1 failed:" >&2; cat "$2.err" >&2; exit 1; }
+    tail -n 1 "$2.log" >"$2"
+}
+
+echo "comparing on $(nproc) cores, $THREADS threads, $ROUNDS round(s); raw JSON in $OUT_DIR" >&2
+for ((r = 1; r <= ROUNDS; r++)); do
+    echo "round $r/$ROUNDS: torch resnet20" >&2
+    torch_one resnet20 ResNet20 "$OUT_DIR/torch-resnet20-$r.json"
+    echo "round $r/$ROUNDS: harness resnet20" >&2
+    harness_one resnet20 "$OUT_DIR/harness-resnet20-$r.json"
+    echo "round $r/$ROUNDS: torch vgg-small" >&2
+    torch_one vgg_small VGGSmall "$OUT_DIR/torch-vgg-small-$r.json"
+    echo "round $r/$ROUNDS: harness vgg-small" >&2
+    harness_one vgg-small "$OUT_DIR/harness-vgg-small-$r.json"
+done
+
+python3 - "$OUT_DIR" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out_dir, rounds = sys.argv[1], int(sys.argv[2])
+
+def load(side, net):
+    return [json.load(open(f"{out_dir}/{side}-{net}-{r}.json")) for r in range(1, rounds + 1)]
+
+# (label, torch getter, harness getter, ratio direction, format)
+METRICS = [
+    ("train img/s (b128)", lambda t: t["train_img_s"]["median"],
+     lambda h: h["train_images_per_second"], "h/t", "{:.0f}"),
+    ("infer img/s (b256)", lambda t: t["infer_b256_img_s"]["median"],
+     lambda h: h["infer_images_per_second"], "h/t", "{:.0f}"),
+    ("latency b1 p50 (ms)", lambda t: t["latency_b1_ms"]["median"],
+     lambda h: h["latency_ms_p50"], "t/h", "{:.3f}"),
+    ("latency b1 p99 (ms)", lambda t: t["latency_b1_ms"]["p99"],
+     lambda h: h["latency_ms_p99"], "t/h", "{:.3f}"),
+    ("peak RSS (MiB)", lambda t: t["peak_rss_bytes"] / 2**20,
+     lambda h: h["peak_rss_bytes"] / 2**20, "h/t", "{:.0f}"),
+]
+
+def mmm(xs, fmt):
+    return "/".join(fmt.format(v) for v in (min(xs), statistics.median(xs), max(xs)))
+
+first_t = load("torch", "resnet20")[0]
+first_h = load("harness", "resnet20")[0]
+prov = first_h.get("provenance", {})
+print(f"torch {first_t.get('torch')} ({first_t.get('threads')} threads) vs harness "
+      f"{prov.get('harness_version')} {prov.get('git')} ({first_h.get('threads')} threads, "
+      f"{first_h.get('kernels')} kernels, cpu {','.join(prov.get('cpu_features', []))}); "
+      f"{rounds} round(s), min/median/max of per-round medians")
+rows = []
+for net in ("resnet20", "vgg-small"):
+    ts, hs = load("torch", net), load("harness", net)
+    for label, tget, hget, direction, fmt in METRICS:
+        tv = [tget(t) for t in ts]
+        hv = [hget(h) for h in hs]
+        tm, hm = statistics.median(tv), statistics.median(hv)
+        if direction == "h/t":
+            ratio = hm / tm if tm else float("nan")
+        else:
+            ratio = tm / hm if hm else float("nan")
+        rows.append((net, label, mmm(tv, fmt), mmm(hv, fmt), f"{ratio:.2f} ({direction})"))
+
+head = ("net", "measurement", "torch min/med/max", "harness min/med/max", "ratio")
+widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
+print(line(head))
+print("  ".join("-" * w for w in widths))
+for r in rows:
+    print(line(r))
+print("ratios: h/t = harness/torch (throughput: >1 we are faster; memory: >1 we use more); "
+      "t/h = torch/harness (latency: >1 we are faster)")
+PY

@@ -1,0 +1,434 @@
+//! `harness bench`: CPU speed of one zoo classifier, measured the way
+//! `shared/bench/torch_reference.py` measures PyTorch, so that both can be compared side by side
+//! (see `ci/bench/compare_torch.sh`).
+//!
+//! Inputs are seeded random 3x32x32 images with 10 classes. Three figures:
+//! - training images/s at `--train-batch`: one step is a train-mode forward, mean cross-entropy,
+//!   backward and one SGD-momentum step (lr 0.1, momentum 0.9, as the reference); 3 warm-up steps,
+//!   then `--rounds` rounds of 3 timed steps;
+//! - inference images/s at `--infer-batch` in eval mode: 3 warm-up forwards, then `--rounds`
+//!   rounds of 2 timed forwards;
+//! - batch-1 latency: 20 warm-up then 200 timed single-image forwards, each read back to host
+//!   memory before the clock stops.
+//!
+//! Plus the peak resident memory of the process (`VmHWM`, Linux only; 0 elsewhere).
+
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use harness_core::train::{Sgd, SgdConfig};
+use harness_core::{Arch, Model, ModelSpec, ParamStore, zoo};
+use serde_json::json;
+
+use crate::cli::BenchArgs;
+use crate::exit::UsageError;
+use crate::provenance::Provenance;
+
+/// Classes of the random labels and of the model head.
+const CLASSES: usize = 10;
+/// Image side (CIFAR-sized inputs, as the reference).
+const SIDE: usize = 32;
+/// Training steps before timing starts.
+const TRAIN_WARMUP_STEPS: usize = 3;
+/// Training steps per timed round.
+const TRAIN_STEPS_PER_ROUND: usize = 3;
+/// Inference forwards before timing starts.
+const INFER_WARMUP: usize = 3;
+/// Inference forwards per timed round (as the reference).
+const INFER_PER_ROUND: usize = 2;
+/// Batch-1 forwards before timing starts.
+const LATENCY_WARMUP: usize = 20;
+/// Timed batch-1 forwards.
+const LATENCY_RUNS: usize = 200;
+/// Seed of the random inputs and of the model weights.
+const SEED: u64 = 0;
+
+/// Runs the command.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let arch = Arch::parse(&args.model)?;
+    if !arch.is_classifier() {
+        return Err(UsageError(format!(
+            "`{}` is not a classifier; `harness bench` measures classifiers only",
+            arch.id()
+        ))
+        .into());
+    }
+    for (name, value) in [
+        ("--train-batch", args.train_batch),
+        ("--infer-batch", args.infer_batch),
+        ("--rounds", args.rounds),
+    ] {
+        if value == 0 {
+            return Err(UsageError(format!("{name} must be at least 1")).into());
+        }
+    }
+    if args.stock {
+        harness_core::nn::cpu::set_enabled(false);
+    }
+    let kernels = if harness_core::nn::cpu::enabled() {
+        "fast"
+    } else {
+        "stock"
+    };
+
+    let device = Device::Cpu;
+    let params = ParamStore::new(SEED, &device);
+    let model = zoo::build(&ModelSpec::new(arch, CLASSES), &params)
+        .with_context(|| format!("building `{}`", arch.id()))?;
+    let num_params = params.num_parameters();
+    let mut inputs = Inputs::new(SEED);
+
+    let train = bench_train(model.as_ref(), &params, &mut inputs, &args)?;
+    let infer = bench_infer(model.as_ref(), &mut inputs, &args)?;
+    let latency = bench_latency(model.as_ref(), &mut inputs)?;
+    let peak_rss_bytes = peak_rss_bytes();
+    let threads = candle_core::utils::get_num_threads();
+
+    println!(
+        "{} ({} parameters), {} kernels, {} threads, {} rounds",
+        arch.id(),
+        num_params,
+        kernels,
+        threads,
+        args.rounds
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {:>10}",
+        "measurement", "min", "median", "max"
+    );
+    let row = |name: String, s: &Stats| {
+        println!(
+            "{name:<28} {:>10.1} {:>10.1} {:>10.1}",
+            s.min, s.median, s.max
+        );
+    };
+    row(
+        format!("train img/s (b{})", args.train_batch),
+        &train.images_per_second,
+    );
+    row(format!("infer img/s (b{})", args.infer_batch), &infer);
+    println!(
+        "{:<28} {:>10.3} {:>10.3} {:>10.3}   p99 {:.3}",
+        "latency b1 (ms)", latency.min, latency.median, latency.max, latency.p99
+    );
+    println!(
+        "{:<28} {:>10.1} MiB",
+        "peak resident memory",
+        peak_rss_bytes as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "training loss: first {:.4}, last {:.4}",
+        train.first_loss, train.last_loss
+    );
+
+    if args.json {
+        let out = json!({
+            "model": arch.id(),
+            "params": num_params,
+            "kernels": kernels,
+            "threads": threads,
+            "train_batch": args.train_batch,
+            "infer_batch": args.infer_batch,
+            "rounds": args.rounds,
+            "train_steps_per_round": TRAIN_STEPS_PER_ROUND,
+            "infer_forwards_per_round": INFER_PER_ROUND,
+            "train_images_per_second": train.images_per_second.median,
+            "train_images_per_second_min": train.images_per_second.min,
+            "train_images_per_second_max": train.images_per_second.max,
+            "train_loss_first": train.first_loss,
+            "train_loss_last": train.last_loss,
+            "infer_images_per_second": infer.median,
+            "infer_images_per_second_min": infer.min,
+            "infer_images_per_second_max": infer.max,
+            "latency_ms_p50": latency.median,
+            "latency_ms_p99": latency.p99,
+            "latency_ms_min": latency.min,
+            "latency_ms_max": latency.max,
+            "latency_runs": LATENCY_RUNS,
+            "peak_rss_bytes": peak_rss_bytes,
+            "provenance": Provenance::collect(&device),
+        });
+        println!("{}", serde_json::to_string(&out)?);
+    }
+    Ok(())
+}
+
+/// Minimum, median and maximum of a series of measurements.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+impl Stats {
+    /// The statistics of a non-empty series; the median of an even count is the mean of the two
+    /// middle values (as Python's `statistics.median`).
+    fn of(values: &[f64]) -> Stats {
+        let sorted = sorted(values);
+        Stats {
+            min: sorted.first().copied().unwrap_or(0.0),
+            median: median_sorted(&sorted),
+            max: sorted.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+/// What the training measurement found.
+struct TrainResult {
+    images_per_second: Stats,
+    first_loss: f32,
+    last_loss: f32,
+}
+
+/// Batch-1 latency in milliseconds.
+struct Latency {
+    min: f64,
+    median: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn sorted(values: &[f64]) -> Vec<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn median_sorted(v: &[f64]) -> f64 {
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The `p`-th percentile of a sorted series, nearest rank as the reference's `pct`.
+fn percentile_sorted(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p / 100.0 * (v.len() - 1) as f64).round() as usize).min(v.len() - 1);
+    v[idx]
+}
+
+/// Seeded random images (standard normal, as `torch.randn`) and labels (SplitMix64).
+struct Inputs {
+    state: u64,
+}
+
+impl Inputs {
+    fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// `n` x 3 x 32 x 32 standard normal images (Box-Muller).
+    fn images(&mut self, n: usize) -> candle_core::Result<Tensor> {
+        let len = n * 3 * SIDE * SIDE;
+        let mut data = Vec::with_capacity(len + 1);
+        while data.len() < len {
+            let r = (-2.0 * self.uniform().ln()).sqrt();
+            let theta = 2.0 * std::f64::consts::PI * self.uniform();
+            data.push((r * theta.cos()) as f32);
+            data.push((r * theta.sin()) as f32);
+        }
+        data.truncate(len);
+        Tensor::from_vec(data, (n, 3, SIDE, SIDE), &Device::Cpu)
+    }
+
+    /// `n` labels in `0..CLASSES`.
+    fn labels(&mut self, n: usize) -> candle_core::Result<Tensor> {
+        let labels: Vec<u32> = (0..n)
+            .map(|_| (self.next_u64() % CLASSES as u64) as u32)
+            .collect();
+        Tensor::from_vec(labels, n, &Device::Cpu)
+    }
+}
+
+/// Mean cross-entropy of `logits` (N x C) against `labels` (N, u32), as
+/// `candle_nn::loss::cross_entropy` and `F.cross_entropy` compute it.
+fn cross_entropy(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
+    let n = logits.dim(0)?;
+    let max = logits.max_keepdim(1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_sum_exp = shifted.exp()?.sum_keepdim(1)?.log()?;
+    let log_probs = shifted.broadcast_sub(&log_sum_exp)?;
+    log_probs
+        .gather(&labels.unsqueeze(1)?, 1)?
+        .sum_all()?
+        .affine(-1.0 / n as f64, 0.0)
+}
+
+fn bench_train(
+    model: &dyn Model,
+    params: &ParamStore,
+    inputs: &mut Inputs,
+    args: &BenchArgs,
+) -> anyhow::Result<TrainResult> {
+    let batch = args.train_batch;
+    let x = inputs.images(batch)?;
+    let y = inputs.labels(batch)?;
+    let mut opt = Sgd::new(
+        params.trainable(),
+        SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.0,
+        },
+    )?;
+    let mut step = || -> candle_core::Result<Tensor> {
+        let logits = model.forward_t(&x, true)?;
+        let loss = cross_entropy(&logits, &y)?;
+        opt.backward_step(&loss)?;
+        Ok(loss.detach())
+    };
+
+    let mut first_loss = f32::NAN;
+    for i in 0..TRAIN_WARMUP_STEPS {
+        let loss = step()?;
+        if i == 0 {
+            first_loss = loss.to_scalar::<f32>()?;
+        }
+    }
+    let mut rates = Vec::with_capacity(args.rounds);
+    let mut last = None;
+    for _ in 0..args.rounds {
+        let start = Instant::now();
+        for _ in 0..TRAIN_STEPS_PER_ROUND {
+            last = Some(step()?);
+        }
+        // Candle runs eagerly on the CPU: the parameters are updated when `step` returns.
+        let elapsed = start.elapsed().as_secs_f64();
+        rates.push((batch * TRAIN_STEPS_PER_ROUND) as f64 / elapsed);
+    }
+    let last_loss = match last {
+        Some(loss) => loss.to_scalar::<f32>()?,
+        None => f32::NAN,
+    };
+    Ok(TrainResult {
+        images_per_second: Stats::of(&rates),
+        first_loss,
+        last_loss,
+    })
+}
+
+fn bench_infer(model: &dyn Model, inputs: &mut Inputs, args: &BenchArgs) -> anyhow::Result<Stats> {
+    let batch = args.infer_batch;
+    let x = inputs.images(batch)?;
+    let forward = || -> candle_core::Result<Vec<f32>> {
+        model.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()
+    };
+    for _ in 0..INFER_WARMUP {
+        forward()?;
+    }
+    let mut rates = Vec::with_capacity(args.rounds);
+    for _ in 0..args.rounds {
+        let start = Instant::now();
+        for _ in 0..INFER_PER_ROUND {
+            forward()?;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        rates.push((batch * INFER_PER_ROUND) as f64 / elapsed);
+    }
+    Ok(Stats::of(&rates))
+}
+
+fn bench_latency(model: &dyn Model, inputs: &mut Inputs) -> anyhow::Result<Latency> {
+    let x = inputs.images(1)?;
+    let forward = || -> candle_core::Result<Vec<f32>> {
+        model.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()
+    };
+    for _ in 0..LATENCY_WARMUP {
+        forward()?;
+    }
+    let mut ms = Vec::with_capacity(LATENCY_RUNS);
+    for _ in 0..LATENCY_RUNS {
+        let start = Instant::now();
+        let out = forward()?;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(out);
+    }
+    let sorted = sorted(&ms);
+    Ok(Latency {
+        min: sorted.first().copied().unwrap_or(0.0),
+        median: median_sorted(&sorted),
+        p99: percentile_sorted(&sorted, 99.0),
+        max: sorted.last().copied().unwrap_or(0.0),
+    })
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`), 0 where it cannot be read.
+fn peak_rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn median_and_percentile_match_the_reference() {
+        let v = sorted(&[3.0, 1.0, 2.0, 4.0]);
+        assert_eq!(median_sorted(&v), 2.5);
+        assert_eq!(median_sorted(&v[..3]), 2.0);
+        let hundred: Vec<f64> = (0..200).map(f64::from).collect();
+        // round(0.99 * 199) = 197
+        assert_eq!(percentile_sorted(&hundred, 99.0), 197.0);
+    }
+
+    #[test]
+    fn inputs_are_seeded() {
+        let a = Inputs::new(7)
+            .images(2)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>());
+        let b = Inputs::new(7)
+            .images(2)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>());
+        assert_eq!(a.ok(), b.ok());
+    }
+
+    #[test]
+    fn cross_entropy_of_uniform_logits_is_log_classes() -> candle_core::Result<()> {
+        let logits = Tensor::zeros((4, CLASSES), DType::F32, &Device::Cpu)?;
+        let labels = Tensor::new(&[0u32, 3, 5, 9], &Device::Cpu)?;
+        let loss = cross_entropy(&logits, &labels)?.to_scalar::<f32>()?;
+        assert!((loss - (CLASSES as f32).ln()).abs() < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn peak_rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes() > 0);
+        }
+    }
+}

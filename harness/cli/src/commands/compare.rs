@@ -1,0 +1,54 @@
+//! `harness compare BASE NEW`: metric-by-metric comparison of two runs, failing (exit 1) when a
+//! metric moved in the wrong direction by more than its tolerance or a cell disappeared. The rules
+//! and default tolerances are in [`crate::matrix::compare`].
+
+use serde_json::json;
+
+use crate::cli::CompareArgs;
+use crate::matrix::compare::{Tolerances, compare, load_records, table};
+
+/// Runs the command.
+pub fn run(args: CompareArgs) -> anyhow::Result<()> {
+    let tolerances = Tolerances::parse(&args.tolerance)?;
+    let base = load_records(&args.base)?;
+    let new = load_records(&args.new)?;
+    let rows = compare(&base, &new, &tolerances);
+    for m in tolerances.overrides.keys() {
+        if !rows.iter().any(|r| &r.metric == m) {
+            eprintln!("warning: --tolerance names `{m}`, a metric neither run has");
+        }
+    }
+    let regressed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.verdict.is_regression())
+        .map(|r| format!("{} ({})", r.key(), r.verdict))
+        .collect();
+    println!(
+        "compare {} (base) -> {} (new); means over seeds; {}",
+        args.base.display(),
+        args.new.display(),
+        tolerances.describe()
+    );
+    println!("{}", table(&rows));
+    println!(
+        "{} keys compared, {} regressed",
+        rows.len(),
+        regressed.len()
+    );
+    if args.json {
+        println!("{}", json!({"regressions": regressed.len(), "rows": rows}));
+    }
+    if !regressed.is_empty() {
+        let mut names = regressed
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if regressed.len() > 5 {
+            names.push_str(", ...");
+        }
+        anyhow::bail!("{} metrics regressed: {names}", regressed.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,466 @@
+//! Comparing two runs metric by metric (`harness compare`), and the helpers `harness merge` shares
+//! with it (loading a run's records, telling derived rows from measured ones).
+//!
+//! Each side is aggregated per (dataset, model, defence, attack, metric) as the mean over seeds of
+//! its `ok` rows, after the derived metrics (theft gain, overhead ratios) have been recomputed with
+//! [`report::derive`], so those are compared too. For every key present on both sides,
+//! `delta = new - base`; a move is in the *wrong direction* when `delta < 0` for a metric where
+//! higher is better and `delta > 0` otherwise. A key **regresses** when its wrong-direction move
+//! exceeds its tolerance.
+//!
+//! Default tolerances:
+//! - metrics whose name contains `accuracy`, `fidelity` or `gain`: 0.02 absolute;
+//! - every other metric (timings, bytes, query counts, ratios): 25% of `|base|`, because timing
+//!   and size metrics are noisy.
+//!
+//! `--tolerance METRIC=VALUE` overrides one metric with an absolute tolerance (`VALUE%` makes it
+//! relative to `|base|`); `*=VALUE` replaces the defaults of every metric not named.
+//!
+//! A key present only in BASE is reported as `missing` and counts as a regression (a cell that
+//! disappeared or failed); a key present only in NEW is reported as `new` and does not.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+use tabled::builder::Builder;
+use tabled::settings::Style;
+
+use super::records::{Record, read_jsonl};
+use super::report;
+use crate::exit::UsageError;
+
+/// Metrics that [`report::derive`] computes from measured rows; they are never measured.
+pub const DERIVED_METRICS: [&str; 4] = [
+    "theft-gain",
+    "latency-p50-ratio",
+    "latency-p99-ratio",
+    "model-bytes-ratio",
+];
+
+/// Whether a metric is computed by [`report::derive`] rather than measured by a run.
+pub fn is_derived(metric: &str) -> bool {
+    DERIVED_METRICS.contains(&metric)
+}
+
+/// Reads the records of a run folder (its `records.jsonl`) or of a `records.jsonl` /
+/// `records.csv` file. A path that does not exist is a usage error.
+pub fn load_records(path: &Path) -> anyhow::Result<Vec<Record>> {
+    let file = if path.is_dir() {
+        path.join("records.jsonl")
+    } else {
+        path.to_path_buf()
+    };
+    if !file.is_file() {
+        return Err(UsageError(format!(
+            "{}: no such run folder or records file (expected a folder holding records.jsonl, or a \
+             records.jsonl / records.csv file)",
+            file.display()
+        ))
+        .into());
+    }
+    if file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
+        let mut reader = csv::Reader::from_path(&file)
+            .with_context(|| format!("failed to open {}", file.display()))?;
+        let mut out = Vec::new();
+        for (i, row) in reader.deserialize::<Record>().enumerate() {
+            out.push(row.with_context(|| format!("{}: row {}", file.display(), i + 1))?);
+        }
+        Ok(out)
+    } else {
+        read_jsonl(&file)
+    }
+}
+
+/// How far a metric may move in the wrong direction before it counts as a regression.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tolerance {
+    /// An absolute amount in the metric's unit.
+    Absolute(f64),
+    /// A fraction of `|base|`.
+    Relative(f64),
+}
+
+impl Tolerance {
+    /// The allowed move for a base value.
+    pub fn allowed(self, base: f64) -> f64 {
+        match self {
+            Tolerance::Absolute(a) => a,
+            Tolerance::Relative(r) => r * base.abs(),
+        }
+    }
+}
+
+impl fmt::Display for Tolerance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tolerance::Absolute(a) => write!(f, "{a}"),
+            Tolerance::Relative(r) => write!(f, "{}%", r * 100.0),
+        }
+    }
+}
+
+/// The built-in tolerance of a metric (see the module docs).
+pub fn default_tolerance(metric: &str) -> Tolerance {
+    if ["accuracy", "fidelity", "gain"]
+        .iter()
+        .any(|w| metric.contains(w))
+    {
+        Tolerance::Absolute(0.02)
+    } else {
+        Tolerance::Relative(0.25)
+    }
+}
+
+/// Tolerances from the command line on top of the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Tolerances {
+    /// Per-metric overrides.
+    pub overrides: BTreeMap<String, Tolerance>,
+    /// `*=VALUE`: replaces the built-in default of every metric not named.
+    pub default: Option<Tolerance>,
+}
+
+impl Tolerances {
+    /// Parses `METRIC=VALUE` pairs (`VALUE` a non-negative number, optionally ending in `%`);
+    /// anything else is a usage error.
+    pub fn parse(specs: &[String]) -> Result<Self, UsageError> {
+        let mut t = Tolerances::default();
+        for spec in specs {
+            let bad = || {
+                UsageError(format!(
+                    "--tolerance `{spec}`: write METRIC=VALUE with VALUE >= 0, absolute or ending \
+                     in % (relative to the base), e.g. owner-accuracy=0.05, latency-ms-p50=30% \
+                     or *=0.1"
+                ))
+            };
+            let (metric, value) = spec.split_once('=').ok_or_else(bad)?;
+            let (metric, value) = (metric.trim(), value.trim());
+            if metric.is_empty() {
+                return Err(bad());
+            }
+            let tol = match value.strip_suffix('%') {
+                Some(p) => Tolerance::Relative(p.trim().parse::<f64>().map_err(|_| bad())? / 100.0),
+                None => Tolerance::Absolute(value.parse::<f64>().map_err(|_| bad())?),
+            };
+            let (Tolerance::Absolute(v) | Tolerance::Relative(v)) = tol;
+            if !v.is_finite() || v < 0.0 {
+                return Err(bad());
+            }
+            if metric == "*" {
+                t.default = Some(tol);
+            } else {
+                t.overrides.insert(metric.to_string(), tol);
+            }
+        }
+        Ok(t)
+    }
+
+    /// The tolerance that applies to a metric.
+    pub fn for_metric(&self, metric: &str) -> Tolerance {
+        self.overrides
+            .get(metric)
+            .copied()
+            .or(self.default)
+            .unwrap_or_else(|| default_tolerance(metric))
+    }
+
+    /// One line describing the tolerances in force, for the output header.
+    pub fn describe(&self) -> String {
+        let mut s = match self.default {
+            Some(t) => format!("tolerance {t} for every metric"),
+            None => {
+                "tolerance 0.02 absolute for accuracy, fidelity and gain metrics, 25% of |base| \
+                     for the others"
+                    .to_string()
+            }
+        };
+        if !self.overrides.is_empty() {
+            let o: Vec<String> = self
+                .overrides
+                .iter()
+                .map(|(m, t)| format!("{m}={t}"))
+                .collect();
+            s.push_str(&format!("; overrides: {}", o.join(", ")));
+        }
+        s
+    }
+}
+
+/// A comparison key: dataset, model, defence, attack, metric.
+pub type Key = (String, String, String, String, String);
+
+/// The mean over seeds of one key's `ok` values.
+#[derive(Debug, Clone, Copy)]
+pub struct Aggregate {
+    /// Mean over seeds.
+    pub mean: f64,
+    /// Whether a larger value is better for the owner.
+    pub higher_is_better: bool,
+}
+
+/// Recomputes the derived rows (dropping any the input carried) and averages the `ok` rows of
+/// each key over seeds.
+pub fn aggregate(records: &[Record]) -> BTreeMap<Key, Aggregate> {
+    let mut measured: Vec<Record> = records
+        .iter()
+        .filter(|r| !is_derived(&r.metric))
+        .cloned()
+        .collect();
+    let derived = report::derive(&measured);
+    measured.extend(derived);
+    let mut sums: BTreeMap<Key, (f64, usize, bool)> = BTreeMap::new();
+    for r in measured.iter().filter(|r| r.status == "ok") {
+        let e = sums
+            .entry((
+                r.dataset.clone(),
+                r.model.clone(),
+                r.defence.clone(),
+                r.attack.clone(),
+                r.metric.clone(),
+            ))
+            .or_insert((0.0, 0, r.higher_is_better));
+        e.0 += r.value;
+        e.1 += 1;
+    }
+    sums.into_iter()
+        .map(|(k, (sum, n, hib))| {
+            (
+                k,
+                Aggregate {
+                    mean: sum / n as f64,
+                    higher_is_better: hib,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The outcome for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Moved in the wrong direction by more than its tolerance.
+    Regressed,
+    /// Present in BASE only (counts as a regression).
+    Missing,
+    /// Present in NEW only.
+    New,
+    /// Within tolerance (or better).
+    Ok,
+}
+
+impl Verdict {
+    /// Whether the verdict fails the comparison.
+    pub fn is_regression(self) -> bool {
+        matches!(self, Verdict::Regressed | Verdict::Missing)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Regressed => "REGRESSED",
+            Verdict::Missing => "MISSING",
+            Verdict::New => "new",
+            Verdict::Ok => "ok",
+        })
+    }
+}
+
+/// One compared key.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Dataset id.
+    pub dataset: String,
+    /// Victim model id.
+    pub model: String,
+    /// Defence entry.
+    pub defence: String,
+    /// Attack entry.
+    pub attack: String,
+    /// Metric name.
+    pub metric: String,
+    /// Mean in BASE.
+    pub base: Option<f64>,
+    /// Mean in NEW.
+    pub new: Option<f64>,
+    /// `new - base`.
+    pub delta: Option<f64>,
+    /// The tolerance rule that applied (`0.02` absolute or `25%` of the base).
+    pub tolerance: String,
+    /// The allowed wrong-direction move for this key's base value.
+    pub allowed: Option<f64>,
+    /// Whether a larger value is better for the owner.
+    pub higher_is_better: bool,
+    /// The outcome.
+    pub verdict: Verdict,
+}
+
+impl Row {
+    /// `dataset/model/defence/attack metric`.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}/{} {}",
+            self.dataset, self.model, self.defence, self.attack, self.metric
+        )
+    }
+}
+
+/// Compares NEW against BASE; rows come regressions first, then new keys, then the rest, each in
+/// key order.
+pub fn compare(base: &[Record], new: &[Record], tolerances: &Tolerances) -> Vec<Row> {
+    let b = aggregate(base);
+    let n = aggregate(new);
+    let mut keys: Vec<&Key> = b.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut rows: Vec<Row> = keys
+        .into_iter()
+        .map(|k| {
+            let (bv, nv) = (b.get(k), n.get(k));
+            let tol = tolerances.for_metric(&k.4);
+            let higher_is_better = bv.or(nv).is_some_and(|a| a.higher_is_better);
+            let mut row = Row {
+                dataset: k.0.clone(),
+                model: k.1.clone(),
+                defence: k.2.clone(),
+                attack: k.3.clone(),
+                metric: k.4.clone(),
+                base: bv.map(|a| a.mean),
+                new: nv.map(|a| a.mean),
+                delta: None,
+                tolerance: tol.to_string(),
+                allowed: bv.map(|a| tol.allowed(a.mean)),
+                higher_is_better,
+                verdict: Verdict::Ok,
+            };
+            row.verdict = match (bv, nv) {
+                (Some(_), None) => Verdict::Missing,
+                (None, _) => Verdict::New,
+                (Some(bv), Some(nv)) => {
+                    let delta = nv.mean - bv.mean;
+                    row.delta = Some(delta);
+                    let wrong = if higher_is_better { -delta } else { delta };
+                    let allowed = tol.allowed(bv.mean);
+                    let both_nan = bv.mean.is_nan() && nv.mean.is_nan();
+                    if (delta.is_nan() && !both_nan) || wrong > allowed + 1e-12 {
+                        Verdict::Regressed
+                    } else {
+                        Verdict::Ok
+                    }
+                }
+            };
+            row
+        })
+        .collect();
+    rows.sort_by(|x, y| match x.verdict.cmp(&y.verdict) {
+        Ordering::Equal => x.key().cmp(&y.key()),
+        o => o,
+    });
+    rows
+}
+
+fn num(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v.abs() >= 1000.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.4}"),
+    }
+}
+
+/// The comparison as a terminal table.
+pub fn table(rows: &[Row]) -> String {
+    let mut b = Builder::default();
+    b.push_record(["key", "base", "new", "delta", "tolerance", "verdict"]);
+    for r in rows {
+        let tol = match r.allowed {
+            Some(a) if r.tolerance.ends_with('%') => format!("{} ({})", r.tolerance, num(Some(a))),
+            _ => r.tolerance.clone(),
+        };
+        let delta = match r.delta {
+            Some(d) if d > 0.0 => format!("+{}", num(Some(d))),
+            d => num(d),
+        };
+        b.push_record([
+            r.key(),
+            num(r.base),
+            num(r.new),
+            delta,
+            tol,
+            r.verdict.to_string(),
+        ]);
+    }
+    b.build().with(Style::rounded()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(metric: &str, value: f64, higher: bool, seed: u64) -> Record {
+        Record {
+            run: "r".into(),
+            dataset: "d".into(),
+            model: "m".into(),
+            defence: "none".into(),
+            attack: "-".into(),
+            seed,
+            metric: metric.into(),
+            value,
+            higher_is_better: higher,
+            status: "ok".into(),
+            error: String::new(),
+            wall_seconds: 0.0,
+            config_hash: "h".into(),
+            git: "g".into(),
+        }
+    }
+
+    #[test]
+    fn tolerance_syntax() {
+        let t = Tolerances::parse(&["owner-accuracy=0.1".into(), "*=5%".into()]).unwrap();
+        assert_eq!(t.for_metric("owner-accuracy"), Tolerance::Absolute(0.1));
+        assert_eq!(t.for_metric("latency-ms-p50"), Tolerance::Relative(0.05));
+        for bad in ["foo", "=1", "x=", "x=-1", "x=abc", "x=inf"] {
+            assert!(Tolerances::parse(&[bad.into()]).is_err(), "{bad}");
+        }
+        let d = Tolerances::default();
+        assert_eq!(d.for_metric("fidelity"), Tolerance::Absolute(0.02));
+        assert_eq!(d.for_metric("theft-gain"), Tolerance::Absolute(0.02));
+        assert_eq!(d.for_metric("model-bytes"), Tolerance::Relative(0.25));
+    }
+
+    #[test]
+    fn direction_tolerance_and_missing_keys() {
+        let base = vec![
+            rec("owner-accuracy", 0.80, true, 0),
+            rec("owner-accuracy", 0.90, true, 1),
+            rec("latency-ms-p50", 10.0, false, 0),
+            rec("protect-seconds", 1.0, false, 0),
+        ];
+        let new = vec![
+            rec("owner-accuracy", 0.82, true, 0),
+            rec("owner-accuracy", 0.84, true, 1), // mean 0.83: -0.02 allowed... -0.02 exactly
+            rec("latency-ms-p50", 13.0, false, 0), // +30% > 25%
+            rec("queries-used", 5.0, false, 0),
+        ];
+        let rows = compare(&base, &new, &Tolerances::default());
+        let v = |m: &str| rows.iter().find(|r| r.metric == m).unwrap().verdict;
+        assert_eq!(v("owner-accuracy"), Verdict::Ok);
+        assert_eq!(v("latency-ms-p50"), Verdict::Regressed);
+        assert_eq!(v("protect-seconds"), Verdict::Missing);
+        assert_eq!(v("queries-used"), Verdict::New);
+        assert!(rows[0].verdict.is_regression() && rows[1].verdict.is_regression());
+        // Lower latency is an improvement, however large.
+        let faster = vec![rec("latency-ms-p50", 1.0, false, 0)];
+        let rows = compare(&base[2..3], &faster, &Tolerances::default());
+        assert_eq!(rows[0].verdict, Verdict::Ok);
+    }
+}

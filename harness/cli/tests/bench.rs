@@ -1,0 +1,80 @@
+//! `harness bench`: a tiny run prints one JSON object with positive figures; an unknown model is
+//! a usage error.
+
+use std::process::Command;
+
+fn harness() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+}
+
+#[test]
+fn bench_json_has_positive_figures() {
+    let out = harness()
+        .args([
+            "bench",
+            "--model",
+            "vgg-small",
+            "--train-batch",
+            "8",
+            "--infer-batch",
+            "8",
+            "--rounds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run harness");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().expect("some output");
+    let v: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    assert_eq!(v["model"], "vgg-small");
+    assert!(matches!(v["kernels"].as_str(), Some("fast" | "stock")));
+    for key in [
+        "train_images_per_second",
+        "train_images_per_second_min",
+        "train_images_per_second_max",
+        "infer_images_per_second",
+        "infer_images_per_second_min",
+        "infer_images_per_second_max",
+        "latency_ms_p50",
+        "latency_ms_p99",
+        "threads",
+    ] {
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {last}"));
+        assert!(x > 0.0 && x.is_finite(), "{key} = {x}");
+    }
+    assert!(v["latency_ms_p99"].as_f64() >= v["latency_ms_p50"].as_f64());
+    let rss = v["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
+    if cfg!(target_os = "linux") {
+        assert!(rss > 0);
+    }
+    assert!(v["provenance"].is_object());
+    let loss = v["train_loss_first"].as_f64().expect("train_loss_first");
+    assert!(loss.is_finite() && loss > 0.0);
+}
+
+#[test]
+fn bench_unknown_model_is_a_usage_error() {
+    let out = harness()
+        .args(["bench", "--model", "resnet21", "--rounds", "1"])
+        .output()
+        .expect("run harness");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bench_zero_rounds_is_a_usage_error() {
+    let out = harness()
+        .args(["bench", "--model", "vgg-small", "--rounds", "0"])
+        .output()
+        .expect("run harness");
+    assert_eq!(out.status.code(), Some(2));
+}
