@@ -13,8 +13,11 @@ pub struct Provenance {
     pub profile: &'static str,
     /// RUSTFLAGS of the build (target-cpu changes numbers).
     pub rustflags: &'static str,
-    /// CPU features candle was compiled with.
+    /// SIMD features of the CPU that ran (detected at run time: the matrix-product kernels pick
+    /// their code path from these, so numbers from machines with different sets do not compare).
     pub cpu_features: Vec<&'static str>,
+    /// SIMD features the binary was compiled to assume (`-C target-cpu` / `target-feature`).
+    pub compiled_features: Vec<&'static str>,
     /// Threads available to the compute pool.
     pub threads: usize,
     /// Device the run used.
@@ -26,28 +29,62 @@ pub struct Provenance {
 impl Provenance {
     /// Collects the facts for a run on `device`.
     pub fn collect(device: &candle_core::Device) -> Self {
-        let mut cpu_features = Vec::new();
-        if candle_core::utils::with_avx() {
-            cpu_features.push("avx");
-        }
-        if candle_core::utils::with_f16c() {
-            cpu_features.push("f16c");
-        }
-        if cfg!(target_feature = "avx2") {
-            cpu_features.push("avx2");
-        }
-        if cfg!(target_feature = "avx512f") {
-            cpu_features.push("avx512f");
-        }
+        let cpu_features = cpu_features();
         Self {
             harness_version: env!("CARGO_PKG_VERSION"),
             git: env!("PROTBENCH_GIT"),
             profile: env!("PROTBENCH_PROFILE"),
             rustflags: env!("PROTBENCH_RUSTFLAGS"),
             cpu_features,
+            compiled_features: compiled_features(),
             threads: candle_core::utils::get_num_threads(),
             device: crate::device::describe(device),
             os: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
         }
     }
+}
+
+/// SIMD features of this CPU, detected at run time.
+fn cpu_features() -> Vec<&'static str> {
+    let mut found = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, present) in [
+            ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
+            ("avx", std::arch::is_x86_feature_detected!("avx")),
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+        ] {
+            if present {
+                found.push(name);
+            }
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            found.push("neon");
+        }
+    }
+    found
+}
+
+/// SIMD features the compiler was told every target CPU has.
+fn compiled_features() -> Vec<&'static str> {
+    let mut found = Vec::new();
+    if cfg!(target_feature = "avx") {
+        found.push("avx");
+    }
+    if cfg!(target_feature = "avx2") {
+        found.push("avx2");
+    }
+    if cfg!(target_feature = "fma") {
+        found.push("fma");
+    }
+    if cfg!(target_feature = "avx512f") {
+        found.push("avx512f");
+    }
+    found
 }

@@ -18,7 +18,7 @@
 //! | `dncnn.47.weight` | last conv, in_channels x 64 x 3 x 3 |
 
 use candle_core::{Result, Tensor, bail};
-use candle_nn::{Module, ModuleT, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 use super::{Arch, Model, ModelSpec};
 use crate::nn::{BatchNorm2d, Conv2d, Conv2dConfig, batch_norm2d, conv2d, conv2d_no_bias, relu};
@@ -71,7 +71,7 @@ impl DnCnn {
     pub fn noise_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let mut ys = relu(&self.first.forward(xs)?)?;
         for (conv, bn) in &self.middle {
-            ys = relu(&bn.forward_t(&conv.forward(&ys)?, train)?)?;
+            ys = bn.forward_relu_t(&conv.forward(&ys)?, train)?;
         }
         self.last.forward(&ys)
     }

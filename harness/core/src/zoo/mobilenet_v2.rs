@@ -36,7 +36,7 @@ use candle_nn::{Module, ModuleT, VarBuilder};
 use super::{Arch, Model, ModelSpec};
 use crate::nn::{
     BatchNorm2d, Conv2d, Conv2dConfig, Linear, batch_norm2d, conv2d_no_bias, global_avg_pool2d,
-    linear, relu,
+    linear,
 };
 
 /// (expansion, output channels, blocks, first stride).
@@ -99,8 +99,8 @@ impl Block {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = relu(&self.bn1.forward_t(&self.conv1.forward(xs)?, train)?)?;
-        let ys = relu(&self.bn2.forward_t(&self.conv2.forward(&ys)?, train)?)?;
+        let ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
+        let ys = self.bn2.forward_relu_t(&self.conv2.forward(&ys)?, train)?;
         let ys = self.bn3.forward_t(&self.conv3.forward(&ys)?, train)?;
         if self.stride != 1 {
             return Ok(ys);
@@ -179,11 +179,11 @@ impl MobileNetV2 {
 
 impl Model for MobileNetV2 {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut ys = relu(&self.bn1.forward_t(&self.conv1.forward(xs)?, train)?)?;
+        let mut ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
         for block in &self.layers {
             ys = block.forward_t(&ys, train)?;
         }
-        let ys = relu(&self.bn2.forward_t(&self.conv2.forward(&ys)?, train)?)?;
+        let ys = self.bn2.forward_relu_t(&self.conv2.forward(&ys)?, train)?;
         self.linear.forward(&global_avg_pool2d(&ys)?)
     }
 

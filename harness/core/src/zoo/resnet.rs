@@ -68,7 +68,7 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = relu(&self.bn1.forward_t(&self.conv1.forward(xs)?, train)?)?;
+        let ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
         let ys = self.bn2.forward_t(&self.conv2.forward(&ys)?, train)?;
         let short = match &self.shortcut {
             Some((conv, bn)) => bn.forward_t(&conv.forward(xs)?, train)?,
@@ -127,7 +127,7 @@ impl ResNet {
 
 impl Model for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut ys = relu(&self.bn1.forward_t(&self.conv1.forward(xs)?, train)?)?;
+        let mut ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
         for block in &self.blocks {
             ys = block.forward_t(&ys, train)?;
         }

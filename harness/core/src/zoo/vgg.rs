@@ -31,12 +31,12 @@
 //! channels 32, 32, 64, 64, 128.
 
 use candle_core::{Result, Tensor, bail};
-use candle_nn::{Module, ModuleT, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 use super::{Arch, Model, ModelSpec};
 use crate::nn::{
     BatchNorm2d, Conv2d, Conv2dConfig, Linear, batch_norm2d, conv2d, conv2d_no_bias,
-    global_avg_pool2d, linear, max_pool2d, relu,
+    global_avg_pool2d, linear, max_pool2d,
 };
 
 /// A 2x2 max pool in a configuration; every other entry is a convolution's output channels.
@@ -104,7 +104,7 @@ impl Model for Vgg {
         let mut ys = xs.clone();
         for layer in &self.features {
             ys = match layer {
-                Layer::ConvBnRelu(conv, bn) => relu(&bn.forward_t(&conv.forward(&ys)?, train)?)?,
+                Layer::ConvBnRelu(conv, bn) => bn.forward_relu_t(&conv.forward(&ys)?, train)?,
                 Layer::MaxPool => max_pool2d(&ys, 2, 2)?,
             };
         }
@@ -152,7 +152,7 @@ impl Model for VggSmall {
         }
         let mut ys = xs.clone();
         for (i, (conv, bn)) in self.blocks.iter().enumerate() {
-            ys = relu(&bn.forward_t(&conv.forward(&ys)?, train)?)?;
+            ys = bn.forward_relu_t(&conv.forward(&ys)?, train)?;
             if i == 1 || i >= 3 {
                 ys = max_pool2d(&ys, 2, 2)?;
             }
