@@ -1,42 +1,9 @@
 //! `harness run --matrix` end to end on synthetic data: plans, runs, writes every output, resumes,
 //! and rejects bad matrices before anything trains.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn harness(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HARNESS_CACHE", cwd.join("cache"))
-        .env_remove("HARNESS_DATA")
-        .output()
-        .expect("the harness binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-const MATRIX: &str = r#"
-name = "t"
-[axes]
-datasets = ["synthetic:8"]
-models = ["resnet20"]
-defences = ["none", "none+top1-label"]
-attacks = ["scratch", "extraction", "ftll"]
-seeds = [0]
-[victim]
-epochs = 2
-batch_size = 32
-lr = 0.05
-[budget]
-epochs = 1
-queries = 128
-[attacks.ftll]
-use = "fine-tune"
-variant = "ftll"
-"#;
+use common::{MATRIX, harness, stderr};
 
 #[test]
 fn runs_writes_outputs_and_resumes() {

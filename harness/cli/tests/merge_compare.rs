@@ -5,48 +5,13 @@
 // a failing fixture should panic there too.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{MATRIX, harness, stderr, stdout};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
-
-fn harness(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HARNESS_CACHE", cwd.join("cache"))
-        .env_remove("HARNESS_DATA")
-        .output()
-        .expect("the harness binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-const MATRIX: &str = r#"
-name = "t"
-[axes]
-datasets = ["synthetic:8"]
-models = ["resnet20"]
-defences = ["none", "none+top1-label"]
-attacks = ["scratch", "extraction", "ftll"]
-seeds = [0]
-[victim]
-epochs = 2
-batch_size = 32
-lr = 0.05
-[budget]
-epochs = 1
-queries = 128
-[attacks.ftll]
-use = "fine-tune"
-variant = "ftll"
-"#;
 
 /// The two shards of the matrix, each run into its own results folder (as two CI machines
 /// would), run once for all tests: (workspace, shard 1 run folder, shard 2 run folder).
