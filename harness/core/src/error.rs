@@ -65,6 +65,9 @@ pub enum Error {
     /// An invalid setting (a zero batch size, an empty dataset, a schedule that makes no sense).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A sealed secret file could not be opened or written.
+    #[error(transparent)]
+    Sealed(#[from] crate::sealed::SealError),
     /// A data error from the datasets crate.
     #[error(transparent)]
     Data(#[from] datasets::DataError),

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod nn;
 pub mod params;
 pub mod protect;
+pub mod sealed;
 pub mod train;
 pub mod zoo;
 
