@@ -97,10 +97,10 @@ mod tests {
                 .contains("`prune` needs stolen weights")
         );
         let weights = |arch| Exposure {
-            weights: Some(StolenWeights {
-                spec: ModelSpec::new(arch, 10),
-                params: ParamStore::new(0, &candle_core::Device::Cpu),
-            }),
+            weights: Some(StolenWeights::plain(
+                ModelSpec::new(arch, 10),
+                ParamStore::new(0, &candle_core::Device::Cpu),
+            )),
             oracle: None,
         };
         assert!(stolen_weights(&weights(Arch::Resnet20), "prune").is_ok());

@@ -106,10 +106,10 @@ fn ctx<'a>(f: &'a Fixture, attacker: &'a ImageSet) -> AttackContext<'a> {
 
 fn stolen(f: &Fixture) -> Exposure {
     Exposure {
-        weights: Some(StolenWeights {
-            spec: f.victim.spec.clone(),
-            params: f.victim.params.deep_copy().unwrap(),
-        }),
+        weights: Some(StolenWeights::plain(
+            f.victim.spec.clone(),
+            f.victim.params.deep_copy().unwrap(),
+        )),
         oracle: None,
     }
 }

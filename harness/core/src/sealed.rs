@@ -83,7 +83,9 @@ pub enum SealError {
         found: String,
     },
     /// The file is passphrase-protected and none was given.
-    #[error("this {purpose} file is protected by a passphrase; give it (e.g. --passphrase-env VAR)")]
+    #[error(
+        "this {purpose} file is protected by a passphrase; give it (e.g. --passphrase-env VAR)"
+    )]
     NeedsPassphrase {
         /// Kind of secret.
         purpose: String,

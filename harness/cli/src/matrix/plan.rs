@@ -277,9 +277,25 @@ impl Plan {
                     for a in &attacks {
                         if a.attack.requires() == Requirement::Nothing {
                             cells.push(key("*", &a.name));
+                            // Independent models are also the null cases of ownership verifiers.
+                            for d in defences.iter().filter(|d| d.defence.verifies_ownership()) {
+                                cells.push(key(&d.name, &a.name));
+                            }
                             continue;
                         }
+                        if let Some(target) = a.attack.targets()
+                            && !defences.iter().any(|d| d.defence.id() == target)
+                        {
+                            bail!(UsageError(format!(
+                                "attack `{}` is an adaptive attack on defence `{target}`, which is not \
+                                 in the matrix; add `{target}` to axes.defences or remove the attack",
+                                a.name
+                            )));
+                        }
                         for d in &defences {
+                            if a.attack.targets().is_some_and(|t| t != d.defence.id()) {
+                                continue;
+                            }
                             if a.attack.requires() == Requirement::Weights
                                 && !d.defence.exposes_weights()
                             {
@@ -302,5 +318,113 @@ impl Plan {
             attacks,
             cells,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harness_core::protect::{
+        AttackContext, Budget, DefenceContext, Exposure, Protected, Stolen, Victim,
+    };
+
+    /// A defence that may claim to verify ownership (only its plan-time answers matter here).
+    struct Verifying(bool);
+    impl Defence for Verifying {
+        fn id(&self) -> &'static str {
+            if self.0 { "verifying" } else { "none" }
+        }
+        fn verifies_ownership(&self) -> bool {
+            self.0
+        }
+        fn protect(&self, _: &DefenceContext<'_>, v: &Victim) -> harness_core::Result<Protected> {
+            Ok(Protected::unprotected(v))
+        }
+    }
+
+    /// An attack with a fixed requirement and target (only its plan-time answers matter here).
+    struct Fake(Requirement, Option<&'static str>);
+    impl Attack for Fake {
+        fn id(&self) -> &'static str {
+            "fake"
+        }
+        fn requires(&self) -> Requirement {
+            self.0
+        }
+        fn targets(&self) -> Option<&'static str> {
+            self.1
+        }
+        fn run(
+            &self,
+            _: &AttackContext<'_>,
+            _: &Exposure,
+            _: &Budget,
+        ) -> harness_core::Result<Stolen> {
+            Err(harness_core::Error::Config("not run in plan tests".into()))
+        }
+    }
+
+    fn registries() -> (Registry<dyn Defence>, Registry<dyn Attack>) {
+        let mut d: Registry<dyn Defence> = Registry::new("defence");
+        d.add("none", "", |_| Ok(Box::new(Verifying(false))));
+        d.add("verifying", "", |_| Ok(Box::new(Verifying(true))));
+        let mut a: Registry<dyn Attack> = Registry::new("attack");
+        a.add("scratch", "", |_| {
+            Ok(Box::new(Fake(Requirement::Nothing, None)))
+        });
+        a.add("steal", "", |_| {
+            Ok(Box::new(Fake(Requirement::Weights, None)))
+        });
+        a.add("guess", "", |_| {
+            Ok(Box::new(Fake(Requirement::Weights, Some("verifying"))))
+        });
+        (d, a)
+    }
+
+    fn matrix(defences: &str, attacks: &str) -> MatrixFile {
+        toml::from_str(&format!(
+            "name = \"t\"\n[axes]\ndatasets = [\"synthetic\"]\nmodels = [\"resnet20\"]\n\
+             defences = [{defences}]\nattacks = [{attacks}]\nseeds = [0]\n"
+        ))
+        .unwrap()
+    }
+
+    fn cells(plan: &Plan) -> Vec<(String, String)> {
+        plan.cells
+            .iter()
+            .map(|c| (c.defence.clone(), c.attack.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn verifying_defences_get_independent_models_and_adaptive_attacks_their_target() {
+        let (d, a) = registries();
+        let m = matrix("\"verifying\"", "\"scratch\", \"steal\", \"guess\"");
+        let plan = Plan::new(&m, &d, &a).unwrap();
+        let got = cells(&plan);
+        for want in [
+            ("*", "scratch"),
+            ("verifying", "scratch"),
+            ("verifying", "steal"),
+            ("verifying", "guess"),
+            ("verifying", "-"),
+        ] {
+            assert!(
+                got.contains(&(want.0.to_string(), want.1.to_string())),
+                "{want:?} missing from {got:?}"
+            );
+        }
+        assert_eq!(got.len(), 5);
+    }
+
+    #[test]
+    fn an_adaptive_attack_without_its_target_is_refused_before_training() {
+        let (d, a) = registries();
+        let m = matrix("\"none\"", "\"guess\"");
+        let err = Plan::new(&m, &d, &a).err().unwrap().to_string();
+        assert!(
+            err.contains("adaptive attack on defence `verifying`"),
+            "{err}"
+        );
     }
 }

@@ -13,8 +13,8 @@ use datasets::catalog::{DatasetId, LoadOptions, Normalization};
 use datasets::split::{SplitFractions, disjoint_splits, stratified_subset};
 use datasets::{ImageSet, Split};
 use harness_core::protect::{
-    AttackContext, DefenceContext, Deployed, Exposure, Measure, Oracle, PlainModel, Protected,
-    Victim,
+    AttackContext, DefenceContext, Deployed, Exposure, Measure, Oracle, OwnershipVerifier,
+    PlainModel, Protected, Requirement, Victim,
 };
 use harness_core::train::{CrossEntropy, SgdConfig, TrainConfig, TrainOptions, train};
 use harness_core::{Arch, ModelSpec, ParamStore};
@@ -438,9 +438,16 @@ fn run_cell(
         dentry.perturbations.clone(),
     )
     .with_limit(aentry.budget.queries);
-    let exposure = Exposure {
-        weights: prot.stolen.clone(),
-        oracle: Some(oracle.clone()),
+    // An attack that needs nothing runs here only as the null case of the defence's ownership
+    // verifier: it must not see the protected model at all.
+    let independent = aentry.attack.requires() == Requirement::Nothing;
+    let exposure = if independent {
+        Exposure::default()
+    } else {
+        Exposure {
+            weights: prot.stolen.clone(),
+            oracle: Some(oracle.clone()),
+        }
     };
     let ctx = attack_context(s, data, victim);
     let start = Instant::now();
@@ -461,6 +468,15 @@ fn run_cell(
         secs,
     ));
     rows.push(row("attack-seconds", secs, false, secs));
+    if let Some(verifier) = &prot.verifier {
+        rows.extend(verification_rows(
+            &row,
+            &**verifier,
+            &*stolen.model,
+            independent,
+            &s.device,
+        )?);
+    }
     // The harness's own measurement wins over an attack's report of the same metric (the
     // oracle's ledger is the authority on queries).
     for m in &stolen.measures {
@@ -500,6 +516,38 @@ fn model_rows(
         row("attacker-accuracy", acc, false, secs),
         row("fidelity", fidelity, false, secs),
     ])
+}
+
+/// What the defence's ownership verifier says of the attacker's model. On a model derived from
+/// the victim a claim is a detection (`ownership-detected`, higher is better for the owner); on
+/// an independently trained model it is a false accusation (`ownership-false-claim`, lower is
+/// better). The score is recorded too, for ROC curves across cells.
+fn verification_rows(
+    row: &dyn Fn(&str, f64, bool, f64) -> Record,
+    verifier: &dyn OwnershipVerifier,
+    suspect: &dyn Deployed,
+    independent: bool,
+    device: &Device,
+) -> anyhow::Result<Vec<Record>> {
+    let start = Instant::now();
+    let verdict = verifier
+        .verify(suspect, device)
+        .context("the ownership verifier failed")?;
+    let secs = start.elapsed().as_secs_f64();
+    let claim = if verdict.derived { 1.0 } else { 0.0 };
+    Ok(if independent {
+        vec![
+            row("ownership-false-claim", claim, false, secs),
+            row("verifier-score-independent", verdict.score, false, secs),
+            row("verify-seconds", secs, false, secs),
+        ]
+    } else {
+        vec![
+            row("ownership-detected", claim, true, secs),
+            row("verifier-score", verdict.score, true, secs),
+            row("verify-seconds", secs, false, secs),
+        ]
+    })
 }
 
 fn measure_row(row: &dyn Fn(&str, f64, bool, f64) -> Record, m: &Measure, secs: f64) -> Record {
@@ -585,4 +633,75 @@ fn latency_ms(
 /// Results folder of a run.
 pub fn run_dir(results: &Path, run_id: &str) -> PathBuf {
     results.join(run_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+    use harness_core::protect::Verdict;
+
+    /// A suspect whose logits are a constant: the verifier below reads it.
+    struct Constant(f32);
+    impl Deployed for Constant {
+        fn logits(&self, images: &Tensor) -> harness_core::Result<Tensor> {
+            Ok(Tensor::full(self.0, (images.dim(0)?, 2), images.device())?)
+        }
+        fn model_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    /// Claims derivation when the suspect's first logit exceeds one half.
+    struct Threshold;
+    impl OwnershipVerifier for Threshold {
+        fn verify(&self, suspect: &dyn Deployed, device: &Device) -> harness_core::Result<Verdict> {
+            let x = Tensor::zeros((1, 3, 4, 4), candle_core::DType::F32, device)?;
+            let score = f64::from(suspect.logits(&x)?.flatten_all()?.to_vec1::<f32>()?[0]);
+            Ok(Verdict {
+                derived: score > 0.5,
+                score,
+            })
+        }
+    }
+
+    fn row(metric: &str, value: f64, higher: bool, secs: f64) -> Record {
+        Record {
+            run: "r".into(),
+            dataset: "d".into(),
+            model: "m".into(),
+            defence: "x".into(),
+            attack: "a".into(),
+            seed: 0,
+            metric: metric.into(),
+            value,
+            higher_is_better: higher,
+            status: "ok".into(),
+            error: String::new(),
+            wall_seconds: secs,
+            config_hash: String::new(),
+            git: String::new(),
+        }
+    }
+
+    fn value(rows: &[Record], metric: &str) -> Option<(f64, bool)> {
+        rows.iter()
+            .find(|r| r.metric == metric)
+            .map(|r| (r.value, r.higher_is_better))
+    }
+
+    #[test]
+    fn a_stolen_copy_is_a_detection_and_an_independent_model_a_false_claim() {
+        let dev = Device::Cpu;
+        let stolen = verification_rows(&row, &Threshold, &Constant(0.9), false, &dev).unwrap();
+        assert_eq!(value(&stolen, "ownership-detected"), Some((1.0, true)));
+        assert!(value(&stolen, "ownership-false-claim").is_none());
+        let missed = verification_rows(&row, &Threshold, &Constant(0.1), false, &dev).unwrap();
+        assert_eq!(value(&missed, "ownership-detected"), Some((0.0, true)));
+        let null = verification_rows(&row, &Threshold, &Constant(0.9), true, &dev).unwrap();
+        assert_eq!(value(&null, "ownership-false-claim"), Some((1.0, false)));
+        assert!(value(&null, "ownership-detected").is_none());
+        let score = value(&null, "verifier-score-independent").unwrap().0;
+        assert!((score - 0.9).abs() < 1e-6);
+    }
 }

@@ -54,6 +54,13 @@ pub trait Attack: Send + Sync {
     /// matrix is planned.
     fn requires(&self) -> Requirement;
 
+    /// For an adaptive attack on one protection's secret, the id of the defence it targets: the
+    /// planner pairs it with that defence only (and rejects a matrix without it). `None` for
+    /// generic attacks, which run against every defence.
+    fn targets(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Runs the attack. Queries go through `exposure.oracle`, whose ledger the harness reads.
     fn run(&self, ctx: &AttackContext<'_>, exposure: &Exposure, budget: &Budget) -> Result<Stolen>;
 }

@@ -6,7 +6,7 @@ use candle_core::Device;
 use datasets::ImageSet;
 use datasets::catalog::Normalization;
 
-use super::{Deployed, Measure, PlainModel, StolenWeights};
+use super::{Deployed, Measure, OwnershipVerifier, PlainModel, StolenWeights};
 use crate::Result;
 use crate::train::TrainConfig;
 
@@ -44,6 +44,9 @@ pub struct Protected {
     pub stolen: Option<StolenWeights>,
     /// Protection-specific measures (fraction encrypted, secret size, ...).
     pub measures: Vec<Measure>,
+    /// The owner's ownership verifier, for protections that can recognise their model in a
+    /// suspect's hands (fingerprints, watermarks); then [`Defence::verifies_ownership`] is true.
+    pub verifier: Option<Arc<dyn OwnershipVerifier>>,
 }
 
 impl Protected {
@@ -52,11 +55,12 @@ impl Protected {
         Self {
             owner: Arc::new(victim.model.clone()),
             levels: Vec::new(),
-            stolen: Some(StolenWeights {
-                spec: victim.model.spec.clone(),
-                params: victim.model.params.clone(),
-            }),
+            stolen: Some(StolenWeights::plain(
+                victim.model.spec.clone(),
+                victim.model.params.clone(),
+            )),
             measures: Vec::new(),
+            verifier: None,
         }
     }
 }
@@ -71,6 +75,13 @@ pub trait Defence: Send + Sync {
     /// uses this to reject pairs with attacks that need stolen weights before anything trains.
     fn exposes_weights(&self) -> bool {
         true
+    }
+
+    /// Whether [`Protected::verifier`] will be set. The planner then adds cells that put
+    /// independently trained models (the no-theft references) to the verifier, which give its
+    /// false-positive rate.
+    fn verifies_ownership(&self) -> bool {
+        false
     }
 
     /// Protects `victim`. Time spent here is measured by the harness as protection overhead.

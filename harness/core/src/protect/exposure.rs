@@ -13,6 +13,21 @@ pub struct StolenWeights {
     pub spec: ModelSpec,
     /// The weights as stolen.
     pub params: ParamStore,
+    /// What else the deployed files reveal about the protection without any secret (which
+    /// layers are encrypted, which stages carry a lock hook, ...), as the defence describes it.
+    /// Adaptive attacks read it; generic attacks ignore it. `Null` for plain weights.
+    pub public: serde_json::Value,
+}
+
+impl StolenWeights {
+    /// Weights with nothing else revealed.
+    pub fn plain(spec: ModelSpec, params: ParamStore) -> Self {
+        Self {
+            spec,
+            params,
+            public: serde_json::Value::Null,
+        }
+    }
 }
 
 /// The adversary's view of a protected model.

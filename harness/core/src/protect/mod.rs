@@ -8,6 +8,7 @@ mod deployed;
 mod exposure;
 mod oracle;
 mod registry;
+mod verifier;
 
 pub use attack::{Attack, AttackContext, Budget, Stolen};
 pub use defence::{Defence, DefenceContext, Protected, Victim};
@@ -15,6 +16,7 @@ pub use deployed::{Deployed, PlainModel};
 pub use exposure::{Exposure, Requirement, StolenWeights};
 pub use oracle::{Oracle, OutputMode, Perturbation, QueryLedger};
 pub use registry::{Factory, Registry, RegistryEntry, settings};
+pub use verifier::{OwnershipVerifier, Verdict};
 
 /// A named scalar a component reports beyond the harness's own metrics (fraction of parameters
 /// encrypted, licence size, ...). It becomes one tidy record row.
