@@ -18,7 +18,13 @@ fn runs_writes_outputs_and_resumes() {
         .collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let run = dir.path().join("results").join(&runs[0]);
-    for f in ["records.jsonl", "records.csv", "summary.md", "run.json"] {
+    for f in [
+        "records.jsonl",
+        "records.csv",
+        "summary.md",
+        "run.json",
+        "report.html",
+    ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
     let jsonl = std::fs::read_to_string(run.join("records.jsonl")).unwrap();
@@ -65,6 +71,8 @@ fn runs_writes_outputs_and_resumes() {
     assert!(csv.contains("theft-gain"), "derived theft gain in the CSV");
     let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
     assert!(summary.contains("none+top1-label"), "{summary}");
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("none+top1-label") && html.contains("<svg"));
 
     // The same command again: every cell is finished, nothing reruns.
     let out = harness(

@@ -113,7 +113,13 @@ fn merged(name: &str) -> PathBuf {
 fn merge_joins_shards_into_one_run() {
     let (dir, s1, s2) = shards();
     let into = merged("merged-a");
-    for f in ["records.jsonl", "records.csv", "summary.md", "run.json"] {
+    for f in [
+        "records.jsonl",
+        "records.csv",
+        "summary.md",
+        "run.json",
+        "report.html",
+    ] {
         assert!(into.join(f).exists(), "{f} missing");
     }
     let a = cells(&s1.join("records.jsonl"));

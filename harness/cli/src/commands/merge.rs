@@ -174,10 +174,15 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         m.insert("merged_shards".into(), Value::Array(shards));
         m.insert("shard".into(), Value::String("merged".into()));
     }
-    harness_core::atomic_file::write_atomically(
-        &dir.join("run.json"),
-        serde_json::to_string_pretty(&meta)?.as_bytes(),
-    )?;
+    let meta_text = serde_json::to_string_pretty(&meta)?;
+    harness_core::atomic_file::write_atomically(&dir.join("run.json"), meta_text.as_bytes())?;
+    let html = crate::matrix::html::render(
+        &records,
+        &format!("protbench run {run_id} (merged from {} runs)", runs.len()),
+        Some(&meta_text),
+        &error_refs,
+    );
+    harness_core::atomic_file::write_atomically(&dir.join("report.html"), html.as_bytes())?;
     println!("{}", report::terminal_table(&records));
     println!(
         "merged {} runs: {} rows, {} error rows; records in {}",

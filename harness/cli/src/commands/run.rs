@@ -76,10 +76,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "cells": plan.cells.len(),
         "provenance": Provenance::collect(&device),
     });
-    harness_core::atomic_file::write_atomically(
-        &dir.join("run.json"),
-        serde_json::to_string_pretty(&run_json)?.as_bytes(),
-    )?;
+    let run_json_text = serde_json::to_string_pretty(&run_json)?;
+    harness_core::atomic_file::write_atomically(&dir.join("run.json"), run_json_text.as_bytes())?;
     let settings = RunSettings {
         matrix,
         run_id: run_id.clone(),
@@ -110,6 +108,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let error_refs: Vec<_> = errors.iter().collect();
     let md = report::markdown(&records, &format!("protbench run {run_id}"), &error_refs);
     harness_core::atomic_file::write_atomically(&dir.join("summary.md"), md.as_bytes())?;
+    let html = crate::matrix::html::render(
+        &records,
+        &format!("protbench run {run_id}"),
+        Some(&run_json_text),
+        &error_refs,
+    );
+    harness_core::atomic_file::write_atomically(&dir.join("report.html"), html.as_bytes())?;
     if args.run.json {
         println!(
             "{}",

@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod config;
+pub mod html;
 pub mod plan;
 pub mod records;
 pub mod report;

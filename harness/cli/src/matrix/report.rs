@@ -32,9 +32,9 @@ pub fn mean_ci(values: &[f64]) -> (f64, f64) {
     (mean, t * (var / n as f64).sqrt())
 }
 
-type Key = (String, String, String, String, String); // dataset, model, defence, attack, metric
+pub(crate) type Key = (String, String, String, String, String); // dataset, model, defence, attack, metric
 
-fn group(records: &[Record]) -> BTreeMap<Key, Vec<f64>> {
+pub(crate) fn group(records: &[Record]) -> BTreeMap<Key, Vec<f64>> {
     let mut g: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     for r in records.iter().filter(|r| r.status == "ok") {
         g.entry((
@@ -122,7 +122,7 @@ fn cell(g: &BTreeMap<Key, Vec<f64>>, k: Key, digits: usize) -> String {
 }
 
 /// The summary table as rows of strings: one row per dataset, model and defence.
-fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
+pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
     let g = group(records);
     let mut attacks: Vec<String> = Vec::new();
     let mut victims: Vec<(String, String, String)> = Vec::new();
@@ -143,6 +143,18 @@ fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         "p50 ms (x none)".into(),
     ];
     header.extend(attacks.iter().map(|a| format!("{a}: acc / fid / gain")));
+    let has_levels = records
+        .iter()
+        .any(|r| r.metric.starts_with("level-accuracy:"));
+    if has_levels {
+        header.push("levels: acc".into());
+    }
+    let has_verifier = records
+        .iter()
+        .any(|r| r.metric == "ownership-detected" || r.metric == "ownership-false-claim");
+    if has_verifier {
+        header.push("verifier TPR / FPR".into());
+    }
     let mut rows = Vec::new();
     for (d, m, def) in &victims {
         let k = |attack: &str, metric: &str| {
@@ -171,6 +183,38 @@ fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
                 cell(&g, k(a, "attacker-accuracy"), 3),
                 cell(&g, k(a, "fidelity"), 3),
                 cell(&g, k(a, "theft-gain"), 3)
+            ));
+        }
+        if has_levels {
+            let levels: Vec<String> = g
+                .iter()
+                .filter(|(key, _)| key.0 == *d && key.1 == *m && key.2 == *def && key.3 == "-")
+                .filter_map(|(key, v)| {
+                    let name = key.4.strip_prefix("level-accuracy:")?;
+                    Some(format!("{name} {:.3}", mean_ci(v).0))
+                })
+                .collect();
+            row.push(levels.join(", "));
+        }
+        if has_verifier {
+            let rate = |metric: &str| {
+                let v: Vec<f64> = g
+                    .iter()
+                    .filter(|(key, _)| {
+                        key.0 == *d && key.1 == *m && key.2 == *def && key.4 == metric
+                    })
+                    .flat_map(|(_, v)| v.iter().copied())
+                    .collect();
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.2} (n={})", mean_ci(&v).0, v.len())
+                }
+            };
+            row.push(format!(
+                "{} / {}",
+                rate("ownership-detected"),
+                rate("ownership-false-claim")
             ));
         }
         rows.push(row);
