@@ -267,8 +267,11 @@ pub struct CompareArgs {
     pub base: PathBuf,
     /// The new run folder (or records file).
     pub new: PathBuf,
-    /// Allowed move in the wrong direction, absolute, for every metric: METRIC=VALUE pairs
-    /// (e.g. owner-accuracy=0.02), repeatable; `*=VALUE` sets the default.
+    /// Allowed move in the wrong direction: METRIC=VALUE, repeatable. VALUE is absolute, or
+    /// relative to the base with a trailing % (owner-accuracy=0.05, latency-ms-p50=30%).
+    /// `timing=VALUE` covers every timing metric (seconds, latency: they move with the machine),
+    /// `*=VALUE` every metric not named. Defaults: 0.02 for accuracy, fidelity and gain, 25%
+    /// for the rest.
     #[arg(long, value_name = "METRIC=VALUE")]
     pub tolerance: Vec<String>,
     /// Print the comparison as one JSON object on the last line of stdout.

@@ -48,13 +48,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         matrix.name,
         args.profile.as_deref().unwrap_or("default")
     );
-    let mine = plan
-        .cells
-        .iter()
-        .filter(|c| c.in_shard(shard.0, shard.1))
-        .count();
+    let mine = plan.shard(shard.0, shard.1).len();
     if args.dry_run {
-        for c in plan.cells.iter().filter(|c| c.in_shard(shard.0, shard.1)) {
+        for c in plan.shard(shard.0, shard.1) {
             println!("{}", c.id());
         }
         eprintln!(

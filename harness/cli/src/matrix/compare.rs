@@ -14,7 +14,9 @@
 //!   and size metrics are noisy.
 //!
 //! `--tolerance METRIC=VALUE` overrides one metric with an absolute tolerance (`VALUE%` makes it
-//! relative to `|base|`); `*=VALUE` replaces the defaults of every metric not named.
+//! relative to `|base|`); `timing=VALUE` sets every timing metric not named (names containing
+//! `seconds` or `latency`: what changes with the machine class); `*=VALUE` replaces the defaults
+//! of every metric not named otherwise.
 //!
 //! A key present only in BASE is reported as `missing` and counts as a regression (a cell that
 //! disappeared or failed); a key present only in NEW is reported as `new` and does not.
@@ -125,6 +127,13 @@ pub struct Tolerances {
     pub overrides: BTreeMap<String, Tolerance>,
     /// `*=VALUE`: replaces the built-in default of every metric not named.
     pub default: Option<Tolerance>,
+    /// `timing=VALUE`: every timing metric not named (see [`is_timing`]).
+    pub timing: Option<Tolerance>,
+}
+
+/// Whether a metric measures time (it moves with the machine, not with the code alone).
+pub fn is_timing(metric: &str) -> bool {
+    metric.contains("seconds") || metric.contains("latency")
 }
 
 impl Tolerances {
@@ -136,8 +145,8 @@ impl Tolerances {
             let bad = || {
                 UsageError(format!(
                     "--tolerance `{spec}`: write METRIC=VALUE with VALUE >= 0, absolute or ending \
-                     in % (relative to the base), e.g. owner-accuracy=0.05, latency-ms-p50=30% \
-                     or *=0.1"
+                     in % (relative to the base), e.g. owner-accuracy=0.05, latency-ms-p50=30%, \
+                     timing=100% (every timing metric) or *=0.1 (every metric)"
                 ))
             };
             let (metric, value) = spec.split_once('=').ok_or_else(bad)?;
@@ -155,6 +164,8 @@ impl Tolerances {
             }
             if metric == "*" {
                 t.default = Some(tol);
+            } else if metric == "timing" {
+                t.timing = Some(tol);
             } else {
                 t.overrides.insert(metric.to_string(), tol);
             }
@@ -167,6 +178,7 @@ impl Tolerances {
         self.overrides
             .get(metric)
             .copied()
+            .or(self.timing.filter(|_| is_timing(metric)))
             .or(self.default)
             .unwrap_or_else(|| default_tolerance(metric))
     }
@@ -181,6 +193,9 @@ impl Tolerances {
                     .to_string()
             }
         };
+        if let Some(t) = self.timing {
+            s.push_str(&format!("; timing metrics {t}"));
+        }
         if !self.overrides.is_empty() {
             let o: Vec<String> = self
                 .overrides
@@ -431,6 +446,11 @@ mod tests {
         for bad in ["foo", "=1", "x=", "x=-1", "x=abc", "x=inf"] {
             assert!(Tolerances::parse(&[bad.into()]).is_err(), "{bad}");
         }
+        let t = Tolerances::parse(&["timing=100%".into()]).unwrap();
+        assert_eq!(t.for_metric("attack-seconds"), Tolerance::Relative(1.0));
+        assert_eq!(t.for_metric("latency-p50-ratio"), Tolerance::Relative(1.0));
+        assert_eq!(t.for_metric("owner-accuracy"), Tolerance::Absolute(0.02));
+        assert_eq!(t.for_metric("model-bytes"), Tolerance::Relative(0.25));
         let d = Tolerances::default();
         assert_eq!(d.for_metric("fidelity"), Tolerance::Absolute(0.02));
         assert_eq!(d.for_metric("theft-gain"), Tolerance::Absolute(0.02));

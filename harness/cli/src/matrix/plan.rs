@@ -56,9 +56,14 @@ impl CellKey {
         )
     }
 
-    /// Whether this cell belongs to shard `i` of `n` (by a hash of its id, so the split is
-    /// deterministic and balanced on average).
-    pub fn in_shard(&self, i: usize, n: usize) -> bool {
+    /// The victim this cell attacks: cells of one victim share its training.
+    pub fn victim(&self) -> (String, String, u64) {
+        (self.dataset.clone(), self.model.clone(), self.seed)
+    }
+
+    /// Whether this cell belongs to shard `i` of `n` by a hash of its id (deterministic,
+    /// balanced on average). Used when a matrix has fewer victims than shards.
+    fn in_shard_by_hash(&self, i: usize, n: usize) -> bool {
         let h = Sha256::digest(self.id().as_bytes());
         let v = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
         (v % n as u64) as usize == i
@@ -147,6 +152,27 @@ fn split_settings(
 }
 
 impl Plan {
+    /// The cells of shard `i` of `n`. When the matrix has at least `n` victims (dataset x model x
+    /// seed), whole victims are dealt round-robin in plan order, so each victim trains on one
+    /// machine only; otherwise cells are spread by a hash of their id. Either way the shards
+    /// partition the matrix and depend only on the plan, so every machine computes the same split.
+    pub fn shard(&self, i: usize, n: usize) -> Vec<&CellKey> {
+        let mut victims: Vec<(String, String, u64)> =
+            self.cells.iter().map(CellKey::victim).collect();
+        victims.dedup();
+        if n > 1 && victims.len() >= n {
+            self.cells
+                .iter()
+                .filter(|c| victims.iter().position(|v| *v == c.victim()).unwrap_or(0) % n == i)
+                .collect()
+        } else {
+            self.cells
+                .iter()
+                .filter(|c| c.in_shard_by_hash(i, n))
+                .collect()
+        }
+    }
+
     /// Builds and validates the plan: every dataset, model, defence and attack id must exist,
     /// every setting must be known, and every pair must be runnable.
     pub fn new(
@@ -415,6 +441,29 @@ mod tests {
             );
         }
         assert_eq!(got.len(), 5);
+    }
+
+    #[test]
+    fn shards_partition_the_matrix_and_keep_victims_whole_when_they_can() {
+        let (d, a) = registries();
+        let mut m = matrix("\"none\", \"verifying\"", "\"scratch\", \"steal\"");
+        m.axes.seeds = vec![0, 1, 2];
+        let plan = Plan::new(&m, &d, &a).unwrap();
+        for n in 1..=5 {
+            let mut all: Vec<String> = (0..n)
+                .flat_map(|i| plan.shard(i, n).into_iter().map(CellKey::id))
+                .collect();
+            all.sort();
+            let mut want: Vec<String> = plan.cells.iter().map(CellKey::id).collect();
+            want.sort();
+            assert_eq!(all, want, "{n} shards must cover every cell exactly once");
+        }
+        // Three victims over three shards: each shard holds exactly one victim.
+        for i in 0..3 {
+            let mut victims: Vec<_> = plan.shard(i, 3).iter().map(|c| c.victim()).collect();
+            victims.dedup();
+            assert_eq!(victims.len(), 1, "shard {i}: {victims:?}");
+        }
     }
 
     #[test]

@@ -78,11 +78,7 @@ pub struct Outcome {
 /// Runs every pending cell of the plan in this shard.
 pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<Outcome> {
     let done = log.finished_cells()?;
-    let mine: Vec<&CellKey> = plan
-        .cells
-        .iter()
-        .filter(|c| c.in_shard(s.shard.0, s.shard.1))
-        .collect();
+    let mine: Vec<&CellKey> = plan.shard(s.shard.0, s.shard.1);
     let pending: Vec<&CellKey> = mine
         .iter()
         .copied()
