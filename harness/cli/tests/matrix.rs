@@ -37,7 +37,7 @@ fn runs_writes_outputs_and_resumes() {
             .find(|r| r["defence"] == defence && r["attack"] == attack && r["metric"] == metric)
             .map(|r| r["value"].as_f64().unwrap())
     };
-    // 2 defence cells + 2 defences x 2 attacks + 1 scratch = 7 cells, none failed.
+    // 2 defence cells + extraction on both + ftll once + 1 scratch = 6 cells, none failed.
     assert!(rows.iter().all(|r| r["status"] == "ok"), "{jsonl}");
     // Each metric appears once per cell.
     let mut keys: Vec<String> = rows
@@ -61,16 +61,15 @@ fn runs_writes_outputs_and_resumes() {
         Some(128.0),
         "the ledger counts queries"
     );
-    assert!(metric("none+top1-label", "ftll", "fidelity").is_some());
-    // White-box attacks ignore the oracle: top-1 labels do not change what fine-tuning sees.
-    assert_eq!(
-        metric("none", "ftll", "attacker-accuracy"),
-        metric("none+top1-label", "ftll", "attacker-accuracy")
-    );
+    // White-box attacks ignore the oracle: top-1 labels do not change what fine-tuning sees, so
+    // the planner runs fine-tuning once, on `none`, and the summary says so.
+    assert!(metric("none", "ftll", "fidelity").is_some());
+    assert!(metric("none+top1-label", "ftll", "attacker-accuracy").is_none());
     let csv = std::fs::read_to_string(run.join("records.csv")).unwrap();
     assert!(csv.contains("theft-gain"), "derived theft gain in the CSV");
     let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
     assert!(summary.contains("none+top1-label"), "{summary}");
+    assert!(summary.contains("as none"), "{summary}");
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert!(html.contains("none+top1-label") && html.contains("<svg"));
 
@@ -87,7 +86,7 @@ fn runs_writes_outputs_and_resumes() {
         .to_string();
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!(v["cells_run"], 0);
-    assert_eq!(v["cells_skipped"], 7);
+    assert_eq!(v["cells_skipped"], 6);
     assert_eq!(
         std::fs::read_to_string(run.join("records.jsonl")).unwrap(),
         jsonl
@@ -111,7 +110,7 @@ fn shards_partition_the_cells() {
             .collect::<Vec<_>>()
     };
     let all = cells(None);
-    assert_eq!(all.len(), 7);
+    assert_eq!(all.len(), 6);
     let mut joined = [cells(Some("1/3")), cells(Some("2/3")), cells(Some("3/3"))].concat();
     joined.sort();
     let mut all_sorted = all.clone();

@@ -322,6 +322,15 @@ impl Plan {
                             if a.attack.targets().is_some_and(|t| t != d.defence.id()) {
                                 continue;
                             }
+                            // Output perturbations act on the oracle only: a white-box attack on
+                            // `base+perturbation` is the same run as on `base`; run it once.
+                            let base = d.name.split('+').next().unwrap_or_default();
+                            if a.attack.requires() == Requirement::Weights
+                                && base != d.name
+                                && defences.iter().any(|o| o.name == base)
+                            {
+                                continue;
+                            }
                             if a.attack.requires() == Requirement::Weights
                                 && !d.defence.exposes_weights()
                             {

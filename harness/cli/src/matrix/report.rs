@@ -177,7 +177,22 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
             cell(&g, k("-", "latency-ms-p50"), 2),
             cell(&g, k("-", "latency-p50-ratio"), 2)
         ));
+        let base = def.split('+').next().unwrap_or_default();
         for a in &attacks {
+            if !g.contains_key(&k(a, "attacker-accuracy"))
+                && base != def
+                && g.contains_key(&(
+                    d.clone(),
+                    m.clone(),
+                    base.to_string(),
+                    a.clone(),
+                    "attacker-accuracy".to_string(),
+                ))
+            {
+                // White-box attacks ignore output perturbations; the planner ran them once.
+                row.push(format!("as {base}"));
+                continue;
+            }
             row.push(format!(
                 "{} / {} / {}",
                 cell(&g, k(a, "attacker-accuracy"), 3),
@@ -259,7 +274,9 @@ pub fn markdown(records: &[Record], title: &str, errors: &[&Record]) -> String {
         "Owner accuracy is top-1 on the test split; p50 is batch-1 latency in ms (ratio to `none`). \
          For each attack: the attacker's test accuracy, fidelity (top-1 agreement with the owner's \
          model), and theft gain (accuracy minus the no-theft reference trained on the attacker's \
-         data alone). Means over seeds, ±95% interval when there are several.\n\n",
+         data alone). Means over seeds, ±95% interval when there are several. `as none`: \
+         white-box attacks never see output perturbations, so they run once, on the base \
+         defence.\n\n",
     );
     s.push_str(&format!("| {} |\n", header.join(" | ")));
     s.push_str(&format!("|{}\n", "---|".repeat(header.len())));
