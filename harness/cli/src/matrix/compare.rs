@@ -16,7 +16,8 @@
 //! `--tolerance METRIC=VALUE` overrides one metric with an absolute tolerance (`VALUE%` makes it
 //! relative to `|base|`); `timing=VALUE` sets every timing metric not named (names containing
 //! `seconds` or `latency`: what changes with the machine class); `*=VALUE` replaces the defaults
-//! of every metric not named otherwise.
+//! of every metric not named otherwise. Timing metrics never regress by less than their noise
+//! floor ([`noise_floor`]: 0.5 s for stage times, 0.25 ms for latencies).
 //!
 //! A key present only in BASE is reported as `missing` and counts as a regression (a cell that
 //! disappeared or failed); a key present only in NEW is reported as `new` and does not.
@@ -129,6 +130,19 @@ pub struct Tolerances {
     pub default: Option<Tolerance>,
     /// `timing=VALUE`: every timing metric not named (see [`is_timing`]).
     pub timing: Option<Tolerance>,
+}
+
+/// The smallest move of a timing metric that can be told from timer and scheduler noise: 0.5 s
+/// for stage times in seconds, 0.25 ms for latencies in ms, 0 otherwise. Without it a relative
+/// tolerance on a near-zero base (the `none` defence protects in microseconds) flags noise.
+pub fn noise_floor(metric: &str) -> f64 {
+    if metric.contains("seconds") {
+        0.5
+    } else if metric.contains("latency-ms") {
+        0.25
+    } else {
+        0.0
+    }
 }
 
 /// Whether a metric measures time (it moves with the machine, not with the code alone).
@@ -352,7 +366,7 @@ pub fn compare(base: &[Record], new: &[Record], tolerances: &Tolerances) -> Vec<
                 new: nv.map(|a| a.mean),
                 delta: None,
                 tolerance: tol.to_string(),
-                allowed: bv.map(|a| tol.allowed(a.mean)),
+                allowed: bv.map(|a| tol.allowed(a.mean).max(noise_floor(&k.4))),
                 higher_is_better,
                 verdict: Verdict::Ok,
             };
@@ -363,7 +377,7 @@ pub fn compare(base: &[Record], new: &[Record], tolerances: &Tolerances) -> Vec<
                     let delta = nv.mean - bv.mean;
                     row.delta = Some(delta);
                     let wrong = if higher_is_better { -delta } else { delta };
-                    let allowed = tol.allowed(bv.mean);
+                    let allowed = tol.allowed(bv.mean).max(noise_floor(&k.4));
                     let both_nan = bv.mean.is_nan() && nv.mean.is_nan();
                     if (delta.is_nan() && !both_nan) || wrong > allowed + 1e-12 {
                         Verdict::Regressed
@@ -482,5 +496,20 @@ mod tests {
         let faster = vec![rec("latency-ms-p50", 1.0, false, 0)];
         let rows = compare(&base[2..3], &faster, &Tolerances::default());
         assert_eq!(rows[0].verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn timings_near_zero_do_not_regress_on_noise() {
+        let base = vec![rec("protect-seconds", 1e-4, false, 0)];
+        let verdict = |secs: f64| {
+            compare(
+                &base,
+                &[rec("protect-seconds", secs, false, 0)],
+                &Tolerances::default(),
+            )[0]
+            .verdict
+        };
+        assert_eq!(verdict(0.3), Verdict::Ok, "within the 0.5 s noise floor");
+        assert_eq!(verdict(0.7), Verdict::Regressed, "beyond it");
     }
 }

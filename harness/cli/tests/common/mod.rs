@@ -26,7 +26,7 @@ pub fn stdout(out: &Output) -> String {
 }
 
 /// A matrix that trains and attacks for real in seconds: 8x8 synthetic images, ResNet-20,
-/// 2 defences x (extraction, FTLL) + the no-theft reference = 7 cells.
+/// 2 defence cells, extraction on both, FTLL once (white-box) and the no-theft reference.
 pub const MATRIX: &str = r#"
 name = "t"
 [axes]
