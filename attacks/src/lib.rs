@@ -10,10 +10,13 @@
 mod common;
 
 pub mod adv_train;
+pub mod edgepro_guess;
+pub mod edgepro_prune;
 pub mod extraction;
 pub mod fine_tune;
 pub mod objectives;
 pub mod prune;
+pub mod reinit_encrypted;
 pub mod scratch;
 
 use std::sync::Arc;
@@ -62,9 +65,24 @@ pub fn register(registry: &mut Registry<dyn Attack>) {
         adv_train::build,
     );
     registry.add(
+        "reinit-encrypted",
+        "adaptive: find selectively encrypted kernels, re-initialise them, fine-tune",
+        reinit_encrypted::build,
+    );
+    registry.add(
         "scratch",
         "no-theft reference: a model trained from scratch on attacker data alone",
         scratch::build,
+    );
+    registry.add(
+        "edgepro-guess",
+        "adaptive, edgepro only: guess the password (random and highest-activation neuron sets)",
+        edgepro_guess::build,
+    );
+    registry.add(
+        "edgepro-prune",
+        "adaptive, edgepro only: prune the most active neurons of the locked stages, fine-tune",
+        edgepro_prune::build,
     );
 }
 

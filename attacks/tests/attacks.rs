@@ -525,20 +525,37 @@ fn registry_lists_every_attack_with_its_requirement() {
     let ids: Vec<&str> = registry.ids().collect();
     assert_eq!(
         ids,
-        ["extraction", "fine-tune", "prune", "adv-train", "scratch"]
+        [
+            "extraction",
+            "fine-tune",
+            "prune",
+            "adv-train",
+            "reinit-encrypted",
+            "scratch",
+            "edgepro-guess",
+            "edgepro-prune"
+        ]
     );
     let expected = [
-        ("extraction", Requirement::Oracle),
-        ("fine-tune", Requirement::Weights),
-        ("prune", Requirement::Weights),
-        ("adv-train", Requirement::Weights),
-        ("scratch", Requirement::Nothing),
+        ("extraction", Requirement::Oracle, None),
+        ("fine-tune", Requirement::Weights, None),
+        ("prune", Requirement::Weights, None),
+        ("adv-train", Requirement::Weights, None),
+        (
+            "reinit-encrypted",
+            Requirement::Weights,
+            Some("selective-encryption"),
+        ),
+        ("scratch", Requirement::Nothing, None),
+        ("edgepro-guess", Requirement::Weights, Some("edgepro")),
+        ("edgepro-prune", Requirement::Weights, Some("edgepro")),
     ];
     let bad: toml::Table = toml::from_str("no_such_setting = 1").unwrap();
-    for (id, need) in expected {
+    for (id, need, target) in expected {
         let attack = registry.build(id, &toml::Table::new()).unwrap();
         assert_eq!(attack.id(), id);
         assert_eq!(attack.requires(), need, "{id}");
+        assert_eq!(attack.targets(), target, "{id}");
         let err = registry.build(id, &bad).err().unwrap().to_string();
         assert!(err.contains("no_such_setting"), "{id}: {err}");
     }

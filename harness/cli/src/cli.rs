@@ -46,6 +46,12 @@ pub enum Command {
     ///
     /// Example: harness bench --model resnet20 --json
     Bench(BenchArgs),
+    /// Selective encryption with hierarchical licences: encrypt a model file, cut licences,
+    /// decrypt.
+    ///
+    /// Example: harness protect encrypt --model m.safetensors --arch vgg19 --width 0.25
+    /// --ranking l1 --out enc.safetensors --keys owner.key
+    Protect(crate::commands::protect::ProtectArgs),
     /// Fetch datasets from their official sources, or show what is where.
     Data(DataArgs),
     /// List the datasets and models this build knows.

@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Merge(args) => commands::merge::run(args),
         cli::Command::Compare(args) => commands::compare::run(args),
         cli::Command::Bench(args) => commands::bench::run(args),
+        cli::Command::Protect(args) => commands::protect::run(args),
     };
     exit::report(result)
 }

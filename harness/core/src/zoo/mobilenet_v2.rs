@@ -29,11 +29,14 @@
 //!
 //! with i in 0..17 and `*` the five batch-norm tensors (`weight`, `bias`, `running_mean`,
 //! `running_var`, `num_batches_tracked`).
+//!
+//! Stages (for [`super::StageHook`]s): `stem`, `stage1`..`stage4` (the last block of each group
+//! of blocks with one output resolution: blocks 2, 5, 12 and 16), `pool` (the classifier's input).
 
 use candle_core::{Result, Tensor, bail};
 use candle_nn::{Module, ModuleT, VarBuilder};
 
-use super::{Arch, Model, ModelSpec};
+use super::{Arch, Model, ModelSpec, StageHook, StageInfo, at_stage};
 use crate::nn::{
     BatchNorm2d, Conv2d, Conv2dConfig, Linear, batch_norm2d, conv2d_no_bias, global_avg_pool2d,
     linear,
@@ -123,6 +126,9 @@ pub struct MobileNetV2 {
     conv2: Conv2d,
     bn2: BatchNorm2d,
     linear: Linear,
+    /// Index of the last block of each group of equal resolution, and the stages.
+    stage_ends: Vec<usize>,
+    stages: Vec<StageInfo>,
 }
 
 impl MobileNetV2 {
@@ -165,6 +171,16 @@ impl MobileNetV2 {
         let conv2 = conv2d_no_bias(cin, last, 1, Conv2dConfig::default(), vb.pp("conv2"))?;
         let bn2 = batch_norm2d(last, vb.pp("bn2"))?;
         let linear = linear(last, spec.num_classes, vb.pp("linear"))?;
+        // A group ends where the next block halves the resolution, and at the last block.
+        let stage_ends: Vec<usize> = (0..layers.len())
+            .filter(|&i| layers.get(i + 1).is_none_or(|next| next.stride != 1))
+            .collect();
+        let mut stages = vec![StageInfo::new("stem", stem)];
+        for (g, &end) in stage_ends.iter().enumerate() {
+            let channels = layers[end].bn3.num_features();
+            stages.push(StageInfo::new(format!("stage{}", g + 1), channels));
+        }
+        stages.push(StageInfo::new("pool", last));
         Ok(Self {
             spec,
             conv1,
@@ -173,21 +189,48 @@ impl MobileNetV2 {
             conv2,
             bn2,
             linear,
+            stage_ends,
+            stages,
         })
+    }
+}
+
+impl MobileNetV2 {
+    /// The forward pass, with `hook` at the stage outputs when given (see [`Model::stages`]).
+    fn run(&self, xs: &Tensor, train: bool, hook: Option<&dyn StageHook>) -> Result<Tensor> {
+        let mut ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
+        ys = at_stage(hook, 0, ys)?;
+        let mut stage = 1;
+        for (i, block) in self.layers.iter().enumerate() {
+            ys = block.forward_t(&ys, train)?;
+            if self.stage_ends.get(stage - 1) == Some(&i) {
+                ys = at_stage(hook, stage, ys)?;
+                stage += 1;
+            }
+        }
+        let ys = self.bn2.forward_relu_t(&self.conv2.forward(&ys)?, train)?;
+        let pooled = at_stage(hook, stage, global_avg_pool2d(&ys)?)?;
+        self.linear.forward(&pooled)
     }
 }
 
 impl Model for MobileNetV2 {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
-        for block in &self.layers {
-            ys = block.forward_t(&ys, train)?;
-        }
-        let ys = self.bn2.forward_relu_t(&self.conv2.forward(&ys)?, train)?;
-        self.linear.forward(&global_avg_pool2d(&ys)?)
+        self.run(xs, train, None)
     }
 
     fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// `stem`, then `stage1`..`stage4`: the output of each group of inverted-residual blocks
+    /// that share an output resolution (32, 16, 8, 4 at 32x32 inputs; 24, 32, 96, 320
+    /// channels at width 1), then `pool` (the 1280 pooled units the classifier reads).
+    fn stages(&self) -> Vec<StageInfo> {
+        self.stages.clone()
+    }
+
+    fn forward_hooked(&self, xs: &Tensor, train: bool, hook: &dyn StageHook) -> Result<Tensor> {
+        self.run(xs, train, Some(hook))
     }
 }

@@ -12,6 +12,80 @@ pub trait Model: Send + Sync {
 
     /// What was built.
     fn spec(&self) -> &ModelSpec;
+
+    /// The points of the forward pass a [`StageHook`] sees, in forward order (see each
+    /// architecture's module docs). Protections that act on intermediate activations (neuron
+    /// locking, multi-exit heads) address them by index or name. Empty for models without
+    /// stages (DnCNN).
+    fn stages(&self) -> Vec<StageInfo> {
+        Vec::new()
+    }
+
+    /// [`Model::forward_t`] with `hook` called on the output of every stage of
+    /// [`Model::stages`], in order; the network continues with what the hook returns. With a
+    /// hook that returns its input unchanged the result equals `forward_t`'s. Models without
+    /// stages run `forward_t` and never call the hook.
+    fn forward_hooked(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        hook: &dyn StageHook,
+    ) -> candle_core::Result<Tensor> {
+        let _ = hook;
+        self.forward_t(xs, train)
+    }
+}
+
+/// One stage of a model: where a [`StageHook`] sees the activations.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StageInfo {
+    /// Stable name within the architecture (`layer2`, `block3`, `pool`, ...).
+    pub name: String,
+    /// Channels (conv stages, N x C x H x W outputs) or units (N x C outputs, e.g. the pooled
+    /// features that feed the classifier).
+    pub channels: usize,
+}
+
+impl StageInfo {
+    fn new(name: impl Into<String>, channels: usize) -> Self {
+        Self {
+            name: name.into(),
+            channels,
+        }
+    }
+}
+
+/// Sees the output of each stage of a forward pass and returns the tensor the network continues
+/// with: a mask that locks neurons, a recorder of activations, an early-exit head's tap.
+/// Implementations needing to record use interior mutability.
+pub trait StageHook {
+    /// Called with the index of the stage in [`Model::stages`] and its output (N x C x H x W for
+    /// conv stages, N x C for pooled units).
+    fn on_stage(&self, stage: usize, xs: Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// A hook that changes nothing (for callers that need one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHook;
+
+impl StageHook for NoHook {
+    fn on_stage(&self, _stage: usize, xs: Tensor) -> candle_core::Result<Tensor> {
+        Ok(xs)
+    }
+}
+
+/// Calls `hook` at `stage` if there is one: the zoo models run one forward body for
+/// `forward_t` (no hook: a branch per stage, nothing else) and `forward_hooked`.
+#[inline]
+pub(crate) fn at_stage(
+    hook: Option<&dyn StageHook>,
+    stage: usize,
+    xs: Tensor,
+) -> candle_core::Result<Tensor> {
+    match hook {
+        Some(h) => h.on_stage(stage, xs),
+        None => Ok(xs),
+    }
 }
 
 /// The architectures of the zoo, by stable kebab-case id.
@@ -337,6 +411,85 @@ mod tests {
                 assert_eq!(w.and_then(|d| d.first().copied()), Some(10), "{arch}");
             }
         }
+        Ok(())
+    }
+
+    /// Records the stages a forward pass reports, and zeroes one of them when asked.
+    struct Recorder {
+        seen: std::sync::Mutex<Vec<(usize, Vec<usize>)>>,
+        zero: Option<usize>,
+    }
+
+    impl StageHook for Recorder {
+        fn on_stage(&self, stage: usize, xs: Tensor) -> candle_core::Result<Tensor> {
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.push((stage, xs.dims().to_vec()));
+            }
+            if self.zero == Some(stage) {
+                xs.zeros_like()
+            } else {
+                Ok(xs)
+            }
+        }
+    }
+
+    #[test]
+    fn stage_hooks_see_every_stage_in_order_and_change_the_output() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let expected: [(Arch, &[&str]); 4] = [
+            (
+                Arch::Resnet20,
+                &["stem", "layer1", "layer2", "layer3", "pool"],
+            ),
+            (
+                Arch::Vgg11,
+                &["block1", "block2", "block3", "block4", "block5", "pool"],
+            ),
+            (Arch::VggSmall, &["block1", "block2", "block3"]),
+            (
+                Arch::MobilenetV2,
+                &["stem", "stage1", "stage2", "stage3", "stage4", "pool"],
+            ),
+        ];
+        for (arch, names) in expected {
+            let spec =
+                ModelSpec::new(arch, 10).with_width(if arch.has_width() { 0.25 } else { 1.0 });
+            let params = ParamStore::new(3, &dev);
+            let model = build(&spec, &params)?;
+            let stages = model.stages();
+            let got: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(got, names, "{arch}");
+            let xs = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &dev)?;
+            let plain = model.forward_t(&xs, false)?;
+            let same = model.forward_hooked(&xs, false, &NoHook)?;
+            let diff = (plain.clone() - same)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert_eq!(diff, 0.0, "{arch}: a no-op hook changes nothing");
+            let rec = Recorder {
+                seen: Default::default(),
+                zero: Some(stages.len() - 1),
+            };
+            let zeroed = model.forward_hooked(&xs, false, &rec)?;
+            let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
+            assert_eq!(seen.len(), stages.len(), "{arch}");
+            for (i, ((stage, dims), info)) in seen.iter().zip(&stages).enumerate() {
+                assert_eq!(*stage, i, "{arch}");
+                assert_eq!(dims[0], 2, "{arch}");
+                assert_eq!(dims[1], info.channels, "{arch} {}", info.name);
+            }
+            let moved = (plain - zeroed)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(
+                moved > 0.0,
+                "{arch}: zeroing the last stage changes the logits"
+            );
+        }
+        assert!(
+            build(&ModelSpec::new(Arch::Dncnn, 0), &ParamStore::new(0, &dev))?
+                .stages()
+                .is_empty()
+        );
         Ok(())
     }
 

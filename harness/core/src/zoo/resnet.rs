@@ -21,11 +21,15 @@
 //! | `fc.weight`, `fc.bias` | classes x 64, classes |
 //!
 //! with s in 1..=3 and i in 0..n.
+//!
+//! Stages (for [`super::StageHook`]s): `stem` (16 channels), `layer1`, `layer2`, `layer3` (16,
+//! 32, 64 channels, the output of each stage's last block) and `pool` (64 units, the classifier's
+//! input).
 
 use candle_core::{Result, Tensor, bail};
 use candle_nn::{Module, ModuleT, VarBuilder};
 
-use super::{Arch, Model, ModelSpec};
+use super::{Arch, Model, ModelSpec, StageHook, StageInfo, at_stage};
 use crate::nn::{
     BatchNorm2d, Conv2d, Conv2dConfig, Linear, batch_norm2d, conv2d_no_bias, global_avg_pool2d,
     linear, relu,
@@ -125,16 +129,45 @@ impl ResNet {
     }
 }
 
+impl ResNet {
+    /// The forward pass, with `hook` at the stage outputs when given (see [`Model::stages`]).
+    fn run(&self, xs: &Tensor, train: bool, hook: Option<&dyn StageHook>) -> Result<Tensor> {
+        let mut ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
+        ys = at_stage(hook, 0, ys)?;
+        let per_stage = self.blocks.len() / STAGES.len();
+        for (i, block) in self.blocks.iter().enumerate() {
+            ys = block.forward_t(&ys, train)?;
+            if (i + 1) % per_stage == 0 {
+                ys = at_stage(hook, 1 + i / per_stage, ys)?;
+            }
+        }
+        let pooled = at_stage(hook, 1 + STAGES.len(), global_avg_pool2d(&ys)?)?;
+        self.fc.forward(&pooled)
+    }
+}
+
 impl Model for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
-        for block in &self.blocks {
-            ys = block.forward_t(&ys, train)?;
-        }
-        self.fc.forward(&global_avg_pool2d(&ys)?)
+        self.run(xs, train, None)
     }
 
     fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// `stem` (after conv1-bn1-relu), `layer1`..`layer3` (each stage's last block, after its
+    /// final ReLU) and `pool` (the 64 pooled units the classifier reads): the lock points of
+    /// the EdgePro reference code's ResNet, one per stage.
+    fn stages(&self) -> Vec<StageInfo> {
+        let mut stages = vec![StageInfo::new("stem", STAGES[0])];
+        for (s, &c) in STAGES.iter().enumerate() {
+            stages.push(StageInfo::new(format!("layer{}", s + 1), c));
+        }
+        stages.push(StageInfo::new("pool", STAGES[STAGES.len() - 1]));
+        stages
+    }
+
+    fn forward_hooked(&self, xs: &Tensor, train: bool, hook: &dyn StageHook) -> Result<Tensor> {
+        self.run(xs, train, Some(hook))
     }
 }

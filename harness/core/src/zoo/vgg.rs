@@ -29,11 +29,15 @@
 //! 2x2 max pool after c2, c4 and c5; `fc` = Linear(128 * 4 * 4, classes) on the flattened map, so
 //! it takes 32x32 inputs only. Names: `c{1..5}.0.weight`, `c{1..5}.1.*`, `fc.{weight,bias}`;
 //! channels 32, 32, 64, 64, 128.
+//!
+//! Stages (for [`super::StageHook`]s): VGG: `block1`..`block5`, each conv block's output after
+//! its max pool, then `pool` (the classifier's input units); VGG-small: `block1`..`block3`, after
+//! each of its three pools.
 
 use candle_core::{Result, Tensor, bail};
 use candle_nn::{Module, VarBuilder};
 
-use super::{Arch, Model, ModelSpec};
+use super::{Arch, Model, ModelSpec, StageHook, StageInfo, at_stage};
 use crate::nn::{
     BatchNorm2d, Conv2d, Conv2dConfig, Linear, batch_norm2d, conv2d, conv2d_no_bias,
     global_avg_pool2d, linear, max_pool2d,
@@ -62,6 +66,7 @@ pub struct Vgg {
     spec: ModelSpec,
     features: Vec<Layer>,
     classifier: Linear,
+    stages: Vec<StageInfo>,
 }
 
 impl Vgg {
@@ -77,10 +82,12 @@ impl Vgg {
         let mut features = Vec::with_capacity(cfg.len());
         let mut index = 0;
         let mut cin = spec.in_channels;
+        let mut stages = Vec::new();
         for &entry in cfg {
             if entry == M {
                 features.push(Layer::MaxPool);
                 index += 1;
+                stages.push(StageInfo::new(format!("block{}", stages.len() + 1), cin));
                 continue;
             }
             let cout = spec.scaled(entry);
@@ -91,28 +98,55 @@ impl Vgg {
             cin = cout;
         }
         let classifier = linear(cin, spec.num_classes, vb.pp("classifier"))?;
+        stages.push(StageInfo::new("pool", cin));
         Ok(Self {
             spec,
             features,
             classifier,
+            stages,
         })
+    }
+}
+
+impl Vgg {
+    /// The forward pass, with `hook` at the stage outputs when given (see [`Model::stages`]).
+    fn run(&self, xs: &Tensor, train: bool, hook: Option<&dyn StageHook>) -> Result<Tensor> {
+        let mut ys = xs.clone();
+        let mut stage = 0;
+        for layer in &self.features {
+            ys = match layer {
+                Layer::ConvBnRelu(conv, bn) => bn.forward_relu_t(&conv.forward(&ys)?, train)?,
+                Layer::MaxPool => {
+                    let pooled = at_stage(hook, stage, max_pool2d(&ys, 2, 2)?)?;
+                    stage += 1;
+                    pooled
+                }
+            };
+        }
+        let pooled = at_stage(hook, stage, global_avg_pool2d(&ys)?)?;
+        self.classifier.forward(&pooled)
     }
 }
 
 impl Model for Vgg {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut ys = xs.clone();
-        for layer in &self.features {
-            ys = match layer {
-                Layer::ConvBnRelu(conv, bn) => bn.forward_relu_t(&conv.forward(&ys)?, train)?,
-                Layer::MaxPool => max_pool2d(&ys, 2, 2)?,
-            };
-        }
-        self.classifier.forward(&global_avg_pool2d(&ys)?)
+        self.run(xs, train, None)
     }
 
     fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// `block1`..`block5`: each conv block's output after its max pool; `pool`: the pooled
+    /// units the classifier reads. Choice: after the pool, not before: for a per-channel
+    /// non-negative multiplier (a lock mask) the two are the same (max(λx) = λ max(x)), and
+    /// the pooled map is 4x smaller to mask.
+    fn stages(&self) -> Vec<StageInfo> {
+        self.stages.clone()
+    }
+
+    fn forward_hooked(&self, xs: &Tensor, train: bool, hook: &dyn StageHook) -> Result<Tensor> {
+        self.run(xs, train, Some(hook))
     }
 }
 
@@ -144,23 +178,46 @@ impl VggSmall {
     }
 }
 
-impl Model for VggSmall {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+impl VggSmall {
+    /// The forward pass, with `hook` at the stage outputs when given (see [`Model::stages`]).
+    fn run(&self, xs: &Tensor, train: bool, hook: Option<&dyn StageHook>) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
         if (h, w) != (32, 32) {
             bail!("vgg-small takes 32x32 inputs (its classifier reads a 4x4 map), got {h}x{w}")
         }
         let mut ys = xs.clone();
+        let mut stage = 0;
         for (i, (conv, bn)) in self.blocks.iter().enumerate() {
             ys = bn.forward_relu_t(&conv.forward(&ys)?, train)?;
             if i == 1 || i >= 3 {
-                ys = max_pool2d(&ys, 2, 2)?;
+                ys = at_stage(hook, stage, max_pool2d(&ys, 2, 2)?)?;
+                stage += 1;
             }
         }
         self.fc.forward(&ys.flatten_from(1)?)
     }
+}
+
+impl Model for VggSmall {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.run(xs, train, None)
+    }
 
     fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// `block1` (after c2 and its pool, 32 channels), `block2` (after c4 and its pool, 64),
+    /// `block3` (after c5 and its pool, 128: the map the classifier flattens).
+    fn stages(&self) -> Vec<StageInfo> {
+        vec![
+            StageInfo::new("block1", SMALL[1]),
+            StageInfo::new("block2", SMALL[3]),
+            StageInfo::new("block3", SMALL[4]),
+        ]
+    }
+
+    fn forward_hooked(&self, xs: &Tensor, train: bool, hook: &dyn StageHook) -> Result<Tensor> {
+        self.run(xs, train, Some(hook))
     }
 }

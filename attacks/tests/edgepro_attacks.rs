@@ -1,0 +1,200 @@
+//! The adaptive attacks on EdgePro against a small locked model: ResNet-20 trained for a few
+//! epochs on 8x8 synthetic images (owner half), locked with EdgePro, attacked with the other half.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test fixtures and helpers unwrap: a failure there is a failed test"
+)]
+
+use std::sync::OnceLock;
+
+use attacks::edgepro_guess::{EdgeProGuess, EdgeProGuessConfig};
+use attacks::edgepro_prune::{EdgeProPrune, EdgeProPruneConfig};
+use candle_core::Device;
+use datasets::catalog::{DatasetId, LoadOptions, Normalization};
+use datasets::{ImageSet, Split};
+use defences::edgepro::{EdgePro, EdgeProConfig};
+use harness_core::protect::{
+    Attack, AttackContext, Budget, Defence, DefenceContext, Deployed, Exposure, PlainModel,
+    Protected, StolenWeights, Victim,
+};
+use harness_core::train::{CrossEntropy, TrainConfig, TrainOptions, train};
+use harness_core::{Arch, ModelSpec, ParamStore};
+
+const NORM: Normalization = Normalization::SYNTHETIC;
+
+struct Fixture {
+    victim: Victim,
+    protected: Protected,
+    attacker: ImageSet,
+    test: ImageSet,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let opts = LoadOptions {
+            use_cache: false,
+            ..LoadOptions::default()
+        };
+        let id = DatasetId::Synthetic(8);
+        let root = std::path::Path::new(".");
+        let train_set = datasets::catalog::load(&id, root, Split::Train, &opts).unwrap();
+        let test = datasets::catalog::load(&id, root, Split::Test, &opts).unwrap();
+        let half = train_set.len() / 2;
+        let owner = train_set.select(&(0..half).collect::<Vec<_>>());
+        let attacker = train_set.select(&(half..train_set.len()).collect::<Vec<_>>());
+        let model = PlainModel::build(
+            ModelSpec::new(Arch::Resnet20, 10),
+            ParamStore::new(0, &Device::Cpu),
+        )
+        .unwrap();
+        let recipe = TrainConfig {
+            epochs: 4,
+            batch_size: 32,
+            augment: None,
+            normalization: Some(NORM),
+            seed: 0,
+            ..TrainConfig::default()
+        };
+        train(
+            model.model.as_ref(),
+            &model.params,
+            &owner,
+            &recipe,
+            &CrossEntropy,
+            &TrainOptions::default(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let victim = Victim {
+            model,
+            train: recipe,
+        };
+        let defence = EdgePro::new(EdgeProConfig {
+            epochs: Some(6),
+            lr: 0.05,
+            latency_runs: 0,
+            ..EdgeProConfig::default()
+        })
+        .unwrap();
+        let ctx = DefenceContext {
+            device: &Device::Cpu,
+            owner_data: &owner,
+            normalization: NORM,
+            seed: 3,
+            progress: false,
+        };
+        let protected = defence.protect(&ctx, &victim).unwrap();
+        Fixture {
+            victim,
+            protected,
+            attacker,
+            test,
+        }
+    })
+}
+
+fn ctx(f: &Fixture) -> AttackContext<'_> {
+    AttackContext {
+        device: &Device::Cpu,
+        attacker_data: &f.attacker,
+        transfer_data: &f.attacker,
+        normalization: NORM,
+        train: f.victim.train.clone(),
+        seed: 7,
+        progress: false,
+    }
+}
+
+fn exposure(f: &Fixture) -> Exposure {
+    Exposure {
+        weights: f.protected.stolen.clone(),
+        oracle: None,
+    }
+}
+
+fn accuracy(model: &dyn Deployed, set: &ImageSet) -> f64 {
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let xs = datasets::batch::to_tensor(set, &idx, Some(&NORM), &Device::Cpu).unwrap();
+    let pred = model.logits(&xs).unwrap().argmax(1).unwrap();
+    let pred = pred.to_vec1::<u32>().unwrap();
+    pred.iter().zip(&set.labels).filter(|(p, l)| p == l).count() as f64 / set.len() as f64
+}
+
+fn measure(ms: &[harness_core::protect::Measure], name: &str) -> f64 {
+    ms.iter().find(|m| m.metric == name).unwrap().value
+}
+
+#[test]
+fn guessing_tries_every_kind_of_guess_and_keeps_the_best() {
+    let f = fixture();
+    let attack = EdgeProGuess::new(EdgeProGuessConfig {
+        tries: 4,
+        roulette_tries: 3,
+        eval_images: 200,
+        ..EdgeProGuessConfig::default()
+    })
+    .unwrap();
+    assert_eq!(attack.targets(), Some("edgepro"));
+    let (model, ms) = attack.steal(&ctx(f), &exposure(f)).unwrap();
+    assert_eq!(measure(&ms, "guesses"), 8.0);
+    let best = measure(&ms, "best-guess-accuracy-attacker-data");
+    for kind in [
+        "top-activation-guess-accuracy-attacker-data",
+        "best-random-guess-accuracy-attacker-data",
+        "best-roulette-guess-accuracy-attacker-data",
+    ] {
+        assert!(measure(&ms, kind) <= best, "{kind}");
+    }
+    // The model is the stolen weights with a hook on the five locked stages.
+    assert_eq!(model.hook.masked_stages(), vec![0, 1, 2, 3, 4]);
+    let nla = accuracy(&*f.protected.owner, &f.test);
+    let nua = accuracy(&*f.protected.levels[0].1, &f.test);
+    let guessed = accuracy(&model, &f.test);
+    eprintln!("NLA {nla:.3}  NUA {nua:.3}  best guess {guessed:.3}  measures {ms:?}");
+    // Weights without an EdgePro description are refused with a clear message.
+    let plain = Exposure {
+        weights: Some(StolenWeights::plain(
+            f.victim.model.spec.clone(),
+            f.victim.model.params.clone(),
+        )),
+        oracle: None,
+    };
+    let err = attack.steal(&ctx(f), &plain).err().unwrap().to_string();
+    assert!(err.contains("no EdgePro description"), "{err}");
+}
+
+#[test]
+fn pruning_zeroes_the_most_active_neurons_of_each_locked_stage_and_fine_tunes() {
+    let f = fixture();
+    let attack = EdgeProPrune::new(EdgeProPruneConfig::default()).unwrap();
+    assert_eq!(attack.targets(), Some("edgepro"));
+    let budget = Budget {
+        epochs: 2,
+        queries: None,
+    };
+    let (model, ms) = attack.steal(&ctx(f), &exposure(f), &budget).unwrap();
+    // round(0.3 x c) of 16, 16, 32, 64, 64 channels.
+    assert_eq!(
+        measure(&ms, "pruned-neurons"),
+        (5 + 5 + 10 + 19 + 19) as f64
+    );
+    let stolen = f.protected.stolen.as_ref().unwrap();
+    let changed = stolen
+        .params
+        .get("conv1.weight")
+        .unwrap()
+        .as_tensor()
+        .sub(model.plain.params.get("conv1.weight").unwrap().as_tensor())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(changed > 0.0, "fine-tuning moved the weights");
+    let nua = accuracy(&*f.protected.levels[0].1, &f.test);
+    let pruned = accuracy(&model, &f.test);
+    eprintln!("NUA {nua:.3}  pruned + fine-tuned {pruned:.3}");
+}

@@ -1,0 +1,287 @@
+//! `selective-encryption`: probabilistic selective encryption with hierarchical access (Tian,
+//! Zhou, Duan, CVPR 2021). The most important kernels of each convolution (PSS: learnt L0 gates,
+//! [`pss`]; or a cheap ranking, [`ranking`]) are replaced by distribution-preserving random
+//! masks ([`dprm`]); M nested sets of them ([`levels`]) form tiers with one key each
+//! ([`keys`]), so a level-m licence restores the top sets and accuracy rises level by level.
+//! The encrypted file is an ordinary safetensors model that anyone can run ([`cipher`]).
+//!
+//! In the matrix the owner runs the fully decrypted model, each level 0..M-1 is recorded as
+//! `level-accuracy:level-m` (level 0 = no licence = the model as stolen), and a thief gets the
+//! encrypted weights with the public parameters (ratio, levels, ranking, eligible layers; never
+//! the kernel locations).
+
+pub mod cipher;
+mod container;
+pub mod dprm;
+pub mod keys;
+pub mod levels;
+pub mod pss;
+pub mod ranking;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use harness_core::protect::{
+    Defence, DefenceContext, Measure, PlainModel, Protected, StolenWeights, Victim, settings,
+};
+use harness_core::{Error, ModelSpec, ParamStore, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use serde::Deserialize;
+
+pub use cipher::{
+    Decrypted, EncryptReport, Encrypted, Plan, PublicHeader, decrypt, encrypt, encrypt_with_master,
+    licence, public_header,
+};
+pub use container::model_fingerprint;
+pub use pss::PssConfig;
+pub use ranking::{ConvLayer, Importance, Ranking};
+
+/// Settings of `selective-encryption` (`[defences.NAME]` with `use = "selective-encryption"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectiveEncryptionConfig {
+    /// `pss` (default, the paper's), `random`, `l1` or `mean`.
+    pub ranking: Ranking,
+    /// Fraction of each chosen layer's kernels encrypted (paper headline: 0.08).
+    pub ratio: f64,
+    /// Access levels M (paper default 5).
+    pub levels: usize,
+    /// Conv weights to encrypt (tensor names, `.weight` optional); empty = every conv layer.
+    pub layers: Vec<String>,
+    /// PSS epochs per layer (paper: 130; default 1 on CPU).
+    pub pss_epochs: usize,
+    /// PSS images per epoch at most, class-balanced subset of the owner's data (0 = all).
+    pub pss_images: usize,
+    /// PSS batch size (paper: 150).
+    pub pss_batch_size: usize,
+    /// PSS learning rate on log-alpha (paper: 0.1, Nesterov).
+    pub pss_lr: f64,
+}
+
+impl Default for SelectiveEncryptionConfig {
+    fn default() -> Self {
+        let pss = PssConfig::default();
+        Self {
+            ranking: Ranking::Pss,
+            ratio: 0.08,
+            levels: 5,
+            layers: Vec::new(),
+            pss_epochs: pss.epochs,
+            pss_images: pss.max_images,
+            pss_batch_size: pss.batch_size,
+            pss_lr: pss.lr,
+        }
+    }
+}
+
+impl SelectiveEncryptionConfig {
+    /// The encryption plan of these settings.
+    pub fn plan(&self) -> Plan {
+        Plan {
+            ratio: self.ratio,
+            levels: self.levels,
+            layers: self.layers.clone(),
+            ranking: self.ranking,
+        }
+    }
+
+    /// The PSS settings of these settings.
+    pub fn pss(&self) -> PssConfig {
+        PssConfig {
+            epochs: self.pss_epochs,
+            batch_size: self.pss_batch_size,
+            lr: self.pss_lr,
+            max_images: self.pss_images,
+            ..PssConfig::default()
+        }
+    }
+}
+
+/// The defence.
+#[derive(Debug)]
+pub struct SelectiveEncryption {
+    config: SelectiveEncryptionConfig,
+}
+
+/// Builds [`SelectiveEncryption`] from its settings.
+pub fn build(table: &toml::Table) -> Result<Box<dyn Defence>> {
+    Ok(Box::new(SelectiveEncryption::new(settings(table)?)?))
+}
+
+impl SelectiveEncryption {
+    /// Checks the settings.
+    pub fn new(config: SelectiveEncryptionConfig) -> Result<Self> {
+        config.plan().validate()?;
+        if config.ranking == Ranking::Pss {
+            config.pss().validate()?;
+        }
+        Ok(Self { config })
+    }
+}
+
+/// The importance of the kernels of `layers` of a model file by `ranking`. PSS needs the
+/// model (`spec` built on `params`, holding the same weights as `original`) and data; random
+/// draws from the OS random source (the selection is part of the secret).
+#[allow(clippy::too_many_arguments)]
+pub fn importance(
+    original: &[u8],
+    ranking: Ranking,
+    layers: &[String],
+    pss_model: Option<(&ModelSpec, &ParamStore)>,
+    data: Option<(
+        &datasets::ImageSet,
+        Option<&datasets::catalog::Normalization>,
+    )>,
+    pss: &PssConfig,
+    seed: u64,
+    device: &candle_core::Device,
+    progress: bool,
+) -> Result<Importance> {
+    let c = container::Container::parse(original)?;
+    let chosen = ranking::resolve_layers(&ranking::conv_layers(&c), layers)?;
+    match ranking {
+        Ranking::Pss => {
+            let (Some((spec, params)), Some((set, norm))) = (pss_model, data) else {
+                return Err(Error::Config(
+                    "PSS ranking needs the model and the owner's data (or pick random, l1 or mean)"
+                        .into(),
+                ));
+            };
+            let names: Vec<String> = chosen.into_iter().map(|l| l.name).collect();
+            pss::pss_importance(spec, params, &names, set, norm, pss, seed, device, progress)
+        }
+        other => {
+            let mut rng = ChaCha20Rng::from_seed(*harness_core::sealed::random_secret()?);
+            ranking::cheap_importance(&c, &chosen, other, &mut rng)
+        }
+    }
+}
+
+/// A deployable model from a model file's bytes.
+fn plain_model(
+    spec: &ModelSpec,
+    bytes: &[u8],
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<PlainModel> {
+    let store = ParamStore::new(seed, device);
+    let model = PlainModel::build(spec.clone(), store.clone())?;
+    store.load_from_bytes(bytes, Path::new("<selective-encryption>"))?;
+    Ok(model)
+}
+
+impl Defence for SelectiveEncryption {
+    fn id(&self) -> &'static str {
+        "selective-encryption"
+    }
+
+    fn protect(&self, ctx: &DefenceContext<'_>, victim: &Victim) -> Result<Protected> {
+        let cfg = &self.config;
+        let spec = &victim.model.spec;
+        let original = victim.model.params.to_safetensors_bytes()?;
+        let pss = cfg.pss();
+        let rank_start = Instant::now();
+        let importance = importance(
+            &original,
+            cfg.ranking,
+            &cfg.layers,
+            Some((spec, &victim.model.params)),
+            Some((ctx.owner_data, Some(&ctx.normalization))),
+            &pss,
+            ctx.seed,
+            ctx.device,
+            ctx.progress,
+        )?;
+        let rank_seconds = rank_start.elapsed().as_secs_f64();
+        let enc = encrypt(&original, &importance, &cfg.plan(), None)?;
+        let header = public_header(&enc.model)?;
+
+        let mut levels = Vec::with_capacity(cfg.levels);
+        for m in 0..cfg.levels {
+            let lic = licence(&enc.owner_key, m, None)?;
+            let dec = decrypt(&enc.model, &lic)?;
+            let model: Arc<dyn harness_core::protect::Deployed> =
+                Arc::new(plain_model(spec, &dec.model, ctx.seed, ctx.device)?);
+            levels.push((format!("level-{m}"), model));
+        }
+        let full_licence = licence(&enc.owner_key, cfg.levels, None)?;
+        let full = decrypt(&enc.model, &full_licence)?;
+        if full.model != original {
+            return Err(Error::Config(
+                "selective encryption: the fully decrypted model differs from the original".into(),
+            ));
+        }
+        let owner = plain_model(spec, &full.model, ctx.seed, ctx.device)?;
+        let stolen = plain_model(spec, &enc.model, ctx.seed, ctx.device)?;
+        let r = &enc.report;
+        let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let public = serde_json::json!({
+            "method": "selective-encryption",
+            "ratio": header.ratio,
+            "levels": header.levels,
+            "ranking": header.ranking,
+            "eligible_layers": header.layers,
+        });
+        Ok(Protected {
+            owner: Arc::new(owner),
+            levels,
+            stolen: Some(StolenWeights {
+                spec: spec.clone(),
+                params: stolen.params,
+                public,
+            }),
+            measures: vec![
+                Measure::lower(
+                    "encrypted-fraction",
+                    frac(r.encrypted_params, r.total_params),
+                ),
+                Measure::lower(
+                    "encrypted-conv-fraction",
+                    frac(r.encrypted_params, r.conv_params),
+                ),
+                Measure::lower("encrypt-seconds", r.seconds),
+                Measure::lower("decrypt-seconds", full.seconds),
+                Measure::lower("rank-seconds", rank_seconds),
+                Measure::lower("licence-bytes", full_licence.len() as f64),
+                Measure::lower("escrow-bytes", r.escrow_bytes as f64),
+                Measure::lower(
+                    "pss-epochs",
+                    if cfg.ranking == Ranking::Pss {
+                        cfg.pss_epochs as f64
+                    } else {
+                        0.0
+                    },
+                ),
+            ],
+            verifier: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(s: &str) -> toml::Table {
+        toml::from_str(s).unwrap_or_default()
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        assert!(build(&toml::Table::new()).is_ok());
+        assert!(build(&table("ranking = \"l1\"\nratio = 0.4\nlevels = 3")).is_ok());
+        for bad in [
+            "ratio = 0.0",
+            "ratio = 1.5",
+            "levels = 0",
+            "levels = 99",
+            "ranking = \"magic\"",
+            "pss_epochs = 0",
+            "seed = 1",
+        ] {
+            assert!(build(&table(bad)).is_err(), "{bad}");
+        }
+    }
+}
