@@ -37,8 +37,9 @@ use super::report;
 use crate::exit::UsageError;
 
 /// Metrics that [`report::derive`] computes from measured rows; they are never measured.
-pub const DERIVED_METRICS: [&str; 4] = [
+pub const DERIVED_METRICS: [&str; 5] = [
     "theft-gain",
+    "owner-accuracy-loss",
     "latency-p50-ratio",
     "latency-p99-ratio",
     "model-bytes-ratio",

@@ -157,6 +157,13 @@ pub struct Profile {
     pub test_limit: Option<usize>,
     /// Seeds.
     pub seeds: Option<Vec<u64>>,
+    /// Settings merged key by key into `[defences.NAME]` (e.g. fewer PSS images for a tiny run).
+    #[serde(default)]
+    pub defences: BTreeMap<String, toml::Table>,
+    /// Settings merged key by key into `[attacks.NAME]` (e.g. a smaller query budget of one
+    /// named extraction).
+    #[serde(default)]
+    pub attacks: BTreeMap<String, toml::Table>,
 }
 
 impl MatrixFile {
@@ -205,6 +212,49 @@ impl MatrixFile {
         if let Some(s) = p.seeds {
             self.axes.seeds = s;
         }
+        for (name, table) in p.defences {
+            self.defences.entry(name).or_default().extend(table);
+        }
+        for (name, table) in p.attacks {
+            self.attacks.entry(name).or_default().extend(table);
+        }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_override_component_settings_key_by_key() {
+        let m: MatrixFile = toml::from_str(
+            r#"
+            name = "t"
+            [axes]
+            datasets = ["synthetic"]
+            models = ["resnet20"]
+            defences = ["se"]
+            attacks = ["scratch"]
+            seeds = [0]
+            [defences.se]
+            use = "selective-encryption"
+            ratio = 0.08
+            pss_images = 2048
+            [profiles.tiny]
+            victim_epochs = 1
+            [profiles.tiny.defences.se]
+            pss_images = 64
+            [profiles.tiny.attacks.scratch]
+            epochs = 1
+            "#,
+        )
+        .unwrap();
+        let tiny = m.clone().with_profile(Some("tiny")).unwrap();
+        let se = &tiny.defences["se"];
+        assert_eq!(se["pss_images"].as_integer(), Some(64));
+        assert_eq!(se["ratio"].as_float(), Some(0.08), "untouched keys stay");
+        assert_eq!(tiny.attacks["scratch"]["epochs"].as_integer(), Some(1));
+        assert_eq!(m.defences["se"]["pss_images"].as_integer(), Some(2048));
     }
 }

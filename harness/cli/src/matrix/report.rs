@@ -51,7 +51,8 @@ pub(crate) fn group(records: &[Record]) -> BTreeMap<Key, Vec<f64>> {
 }
 
 /// Adds derived rows: theft gain (attacker accuracy minus the scratch reference of the same
-/// dataset, model and seed) and overhead ratios against the `none` defence.
+/// dataset, model and seed), the owner's accuracy loss and overhead ratios against the `none`
+/// defence.
 pub fn derive(records: &[Record]) -> Vec<Record> {
     let mut out = Vec::new();
     let find = |r: &Record, defence: &str, attack: &str, metric: &str| {
@@ -81,6 +82,19 @@ pub fn derive(records: &[Record]) -> Vec<Record> {
             out.push(Record {
                 metric: "theft-gain".into(),
                 value: r.value - base,
+                higher_is_better: false,
+                ..r.clone()
+            });
+        }
+        // What the protection costs the owner in accuracy, on the test set, against `none`.
+        if r.metric == "owner-accuracy"
+            && r.attack == "-"
+            && r.defence != "none"
+            && let Some(base) = find(r, "none", "-", "owner-accuracy")
+        {
+            out.push(Record {
+                metric: "owner-accuracy-loss".into(),
+                value: base - r.value,
                 higher_is_better: false,
                 ..r.clone()
             });

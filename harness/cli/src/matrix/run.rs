@@ -414,6 +414,15 @@ fn run_cell(
                 true,
                 protect_secs,
             ));
+            // A level may run differently from the owner (EdgePro's no-password level has no
+            // hook), so its latency is the harness's measurement too.
+            let (p50, _) = latency_ms(&**level, &data.test, norm, &s.device)?;
+            rows.push(row(
+                &format!("level-latency-ms-p50:{name}"),
+                p50,
+                false,
+                protect_secs,
+            ));
         }
         rows.extend(
             prot.measures
