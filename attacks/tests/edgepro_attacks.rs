@@ -69,6 +69,7 @@ fn fixture() -> &'static Fixture {
         let victim = Victim {
             model,
             train: recipe,
+            task: harness_core::Task::Classification,
         };
         let defence = EdgePro::new(EdgeProConfig {
             epochs: Some(6),

@@ -79,6 +79,7 @@ fn fixture() -> &'static Fixture {
             victim: Victim {
                 model,
                 train: recipe,
+                task: harness_core::Task::Classification,
             },
             owner,
             test,

@@ -463,6 +463,7 @@ fn the_defence_gives_levels_owner_and_stolen_weights() {
     let victim = Victim {
         model: f.victim.clone(),
         train: recipe(),
+        task: harness_core::Task::Classification,
     };
     let prot = defence.protect(&ctx, &victim).unwrap();
     let names: Vec<&str> = prot.levels.iter().map(|(n, _)| n.as_str()).collect();

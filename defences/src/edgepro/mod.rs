@@ -341,6 +341,7 @@ impl EdgePro {
             momentum: 0.9,
             nesterov: false,
             weight_decay: 5e-4,
+            max_grad_norm: None,
         };
         cfg.schedule = harness_core::train::Schedule::default();
         cfg.normalization = Some(ctx.normalization);

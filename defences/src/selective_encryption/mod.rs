@@ -6,7 +6,8 @@
 //! The encrypted file is an ordinary safetensors model that anyone can run ([`cipher`]).
 //!
 //! In the matrix the owner runs the fully decrypted model, each level 0..M-1 is recorded as
-//! `level-accuracy:level-m` (level 0 = no licence = the model as stolen), and a thief gets the
+//! `level-accuracy:level-m` (`level-psnr:level-m` for a DnCNN denoiser, whose PSS searches with
+//! the denoising loss; level 0 = no licence = the model as stolen), and a thief gets the
 //! encrypted weights with the public parameters (ratio, levels, ranking, eligible layers; never
 //! the kernel locations).
 
@@ -25,7 +26,7 @@ use std::time::Instant;
 use harness_core::protect::{
     Defence, DefenceContext, Measure, PlainModel, Protected, StolenWeights, Victim, settings,
 };
-use harness_core::{Error, ModelSpec, ParamStore, Result};
+use harness_core::{Error, ModelSpec, ParamStore, Result, Task};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::Deserialize;
@@ -181,14 +182,23 @@ impl Defence for SelectiveEncryption {
         let cfg = &self.config;
         let spec = &victim.model.spec;
         let original = victim.model.params.to_safetensors_bytes()?;
-        let pss = cfg.pss();
+        // PSS searches with the victim's own objective: cross-entropy on normalised images for
+        // a classifier, the denoising loss on [0,1] images (as it was trained) for a denoiser.
+        let pss = PssConfig {
+            task: victim.task,
+            ..cfg.pss()
+        };
+        let norm = match victim.task {
+            Task::Classification => Some(&ctx.normalization),
+            Task::Denoising { .. } => victim.train.normalization.as_ref(),
+        };
         let rank_start = Instant::now();
         let importance = importance(
             &original,
             cfg.ranking,
             &cfg.layers,
             Some((spec, &victim.model.params)),
-            Some((ctx.owner_data, Some(&ctx.normalization))),
+            Some((ctx.owner_data, norm)),
             &pss,
             ctx.seed,
             ctx.device,

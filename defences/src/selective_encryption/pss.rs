@@ -20,6 +20,17 @@
 //! optional cap on the images per epoch (`max_images`, a class-balanced seeded subset) so the
 //! search fits a CPU; the paper trains 130 epochs with SGD lr 0.1 Nesterov, batch 150: here the
 //! epochs are a setting, recorded in the results as `pss-epochs`.
+//!
+//! Denoisers (DnCNN, the paper's second task): the gate objective's data term is the victim's
+//! own denoising loss instead of cross-entropy. Each step corrupts the clean batch (pixels in
+//! [0,1], no normalisation, as the victim was trained) with Gaussian noise of the victim's sigma,
+//! drawn from a seeded stream per (layer, epoch, step), and measures the gated model's output
+//! against the clean batch. Choice: that data term is DnCNN's own loss, 1/(2N) sum_i ||f(y_i) -
+//! x_i||^2 (Zhang et al. 2017; [`denoise_loss`], the victim's training loss), i.e. the pixel MSE
+//! x (C x H x W) / 2: the paper keeps lambda = 1e-4 across tasks, so the data term is taken at
+//! the scale of the task's published loss rather than the per-pixel mean, which would be about a
+//! thousand times smaller and leave the gates to the L0 pressure alone. Every conv layer is
+//! eligible, the first (in_channels x 64 kernels) and the last (64 x in_channels) included.
 
 use std::collections::HashMap;
 
@@ -28,7 +39,8 @@ use candle_nn::VarBuilder;
 use datasets::ImageSet;
 use datasets::batch::{BatchConfig, epoch_batches};
 use datasets::catalog::Normalization;
-use harness_core::{Error, ModelSpec, ParamStore, Result};
+use harness_core::train::denoise::{denoise_loss, gaussian_noise, keyed_rng};
+use harness_core::{Error, ModelSpec, ParamStore, Result, Task};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -58,6 +70,8 @@ pub struct PssConfig {
     pub lambda: f64,
     /// Initial log_alpha of every gate.
     pub init_log_alpha: f64,
+    /// The victim's task: cross-entropy on labels, or denoising at the victim's noise level.
+    pub task: Task,
 }
 
 impl Default for PssConfig {
@@ -69,6 +83,7 @@ impl Default for PssConfig {
             max_images: 2048,
             lambda: 1e-4,
             init_log_alpha: 2.0,
+            task: Task::Classification,
         }
     }
 }
@@ -88,12 +103,16 @@ impl PssConfig {
                 self.lr, self.lambda
             )));
         }
+        if let Some(sigma) = self.task.noise_sigma() {
+            harness_core::train::denoise::check_sigma(sigma)?;
+        }
         Ok(())
     }
 }
 
 /// log_alpha of every kernel of each of `layers` (tensor names of conv weights of `params`,
-/// a trained `spec` classifier), trained one layer at a time on `data`.
+/// a trained `spec` classifier or denoiser, as `cfg.task` says), trained one layer at a time on
+/// `data` (a denoiser's data comes without normalisation).
 #[allow(clippy::too_many_arguments)]
 pub fn pss_importance(
     spec: &ModelSpec,
@@ -107,11 +126,20 @@ pub fn pss_importance(
     progress: bool,
 ) -> Result<Importance> {
     cfg.validate()?;
-    if !spec.arch.is_classifier() {
-        return Err(Error::Config(format!(
-            "PSS trains gates with cross-entropy and needs a classifier; `{}` is not one (use a weight-only ranking: random, l1, mean)",
-            spec.arch
-        )));
+    match cfg.task {
+        Task::Classification if !spec.arch.is_classifier() => {
+            return Err(Error::Config(format!(
+                "PSS trains gates with cross-entropy and needs a classifier; `{}` is not one (give PSS the denoising task, or use a weight-only ranking: random, l1, mean)",
+                spec.arch
+            )));
+        }
+        Task::Denoising { .. } if spec.arch.is_classifier() => {
+            return Err(Error::Config(format!(
+                "PSS was given the denoising task, but `{}` is a classifier",
+                spec.arch
+            )));
+        }
+        _ => {}
     }
     let set = if cfg.max_images > 0 && cfg.max_images < data.len() {
         data.select(&datasets::split::stratified_subset(
@@ -155,7 +183,9 @@ pub fn pss_importance(
         for epoch in 0..cfg.epochs {
             let mut loss_sum = 0.0;
             let mut steps = 0usize;
-            for batch in epoch_batches(&set, &batches, seed, epoch as u64, device)? {
+            for (step, batch) in
+                epoch_batches(&set, &batches, seed, epoch as u64, device)?.enumerate()
+            {
                 let batch = batch?;
                 let noise: Vec<f32> = (0..gates)
                     .map(|_| {
@@ -170,10 +200,20 @@ pub fn pss_importance(
                 tensors.insert(name.clone(), w.broadcast_mul(&z)?);
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
                 let model = harness_core::zoo::build_with(spec, vb)?;
-                let logits = model.forward_t(&batch.images, false)?;
-                let ce = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+                let data_loss = match cfg.task {
+                    Task::Classification => {
+                        let logits = model.forward_t(&batch.images, false)?;
+                        candle_nn::loss::cross_entropy(&logits, &batch.labels)?
+                    }
+                    Task::Denoising { sigma } => {
+                        let mut noise_rng = keyed_rng(seed, b"pss-nois", &[li, epoch, step]);
+                        let noise =
+                            gaussian_noise(batch.images.dims(), sigma, &mut noise_rng, device)?;
+                        denoise_loss(&*model, &batch.images, &noise, false)?
+                    }
+                };
                 let open = sigmoid(&(log_alpha.as_tensor() - open_shift)?)?.sum_all()?;
-                let loss = (ce + (open * cfg.lambda)?)?;
+                let loss = (data_loss + (open * cfg.lambda)?)?;
                 let grads = loss.backward()?;
                 let g = grads.get(log_alpha.as_tensor()).ok_or_else(|| {
                     Error::Config(format!("no gradient reaches the gates of `{name}`"))

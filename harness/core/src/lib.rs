@@ -9,14 +9,17 @@ pub mod atomic_file;
 mod error;
 
 pub mod eval;
+pub mod eval_denoise;
 pub mod nn;
 pub mod params;
 pub mod protect;
 pub mod sealed;
+mod task;
 pub mod train;
 pub mod zoo;
 
 pub use error::{Error, Result};
 pub use params::ParamStore;
+pub use task::Task;
 
 pub use zoo::{Arch, Model, ModelSpec};

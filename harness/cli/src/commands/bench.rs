@@ -275,6 +275,7 @@ fn bench_train(
             momentum: 0.9,
             nesterov: false,
             weight_decay: 0.0,
+            max_grad_norm: None,
         },
     )?;
     let mut step = || -> candle_core::Result<Tensor> {

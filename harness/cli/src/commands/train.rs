@@ -40,6 +40,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             momentum: args.momentum,
             nesterov: !args.no_nesterov,
             weight_decay: args.weight_decay,
+            max_grad_norm: None,
         },
         schedule,
         augment: (!args.no_augment).then(Augment::default),

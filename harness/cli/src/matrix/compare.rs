@@ -9,6 +9,7 @@
 //! exceeds its tolerance.
 //!
 //! Default tolerances:
+//! - metrics whose name contains `psnr` (denoisers, in dB): 0.5 absolute;
 //! - metrics whose name contains `accuracy`, `fidelity` or `gain`: 0.02 absolute;
 //! - every other metric (timings, bytes, query counts, ratios): 25% of `|base|`, because timing
 //!   and size metrics are noisy.
@@ -37,9 +38,10 @@ use super::report;
 use crate::exit::UsageError;
 
 /// Metrics that [`report::derive`] computes from measured rows; they are never measured.
-pub const DERIVED_METRICS: [&str; 5] = [
+pub const DERIVED_METRICS: [&str; 6] = [
     "theft-gain",
     "owner-accuracy-loss",
+    "owner-psnr-loss",
     "latency-p50-ratio",
     "latency-p99-ratio",
     "model-bytes-ratio",
@@ -112,7 +114,10 @@ impl fmt::Display for Tolerance {
 
 /// The built-in tolerance of a metric (see the module docs).
 pub fn default_tolerance(metric: &str) -> Tolerance {
-    if ["accuracy", "fidelity", "gain"]
+    // PSNR (denoisers) in dB: half a decibel is visible; relative moves of a dB scale mean little.
+    if metric.contains("psnr") {
+        Tolerance::Absolute(0.5)
+    } else if ["accuracy", "fidelity", "gain"]
         .iter()
         .any(|w| metric.contains(w))
     {
@@ -470,6 +475,14 @@ mod tests {
         assert_eq!(d.for_metric("fidelity"), Tolerance::Absolute(0.02));
         assert_eq!(d.for_metric("theft-gain"), Tolerance::Absolute(0.02));
         assert_eq!(d.for_metric("model-bytes"), Tolerance::Relative(0.25));
+        for psnr in [
+            "owner-psnr",
+            "level-psnr:level-0",
+            "noisy-psnr",
+            "owner-psnr-loss",
+        ] {
+            assert_eq!(d.for_metric(psnr), Tolerance::Absolute(0.5), "{psnr}");
+        }
     }
 
     #[test]

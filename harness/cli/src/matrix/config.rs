@@ -76,8 +76,26 @@ pub struct VictimRecipe {
     pub weight_decay: f64,
     /// Width multiplier for VGG / MobileNetV2.
     pub width: f64,
-    /// Random crop + flip.
+    /// Random crop + flip (for denoisers: flip only, see `run.rs`).
     pub augment: bool,
+    /// Denoisers only: the Gaussian noise level they are trained and evaluated at, on the 0..255
+    /// scale (default 50, DnCNN's sigma = 50). Left out of the serialised matrix when unset, so
+    /// the configuration hash of classifier matrices is what it was before denoisers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise_sigma_255: Option<f64>,
+    /// Clip the gradients' global L2 norm to this before each step (default: no clipping). Left
+    /// out of the serialised matrix when unset, like `noise_sigma_255`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
+}
+
+impl VictimRecipe {
+    /// Noise std of denoiser victims in [0,1] pixel units.
+    pub fn noise_sigma(&self) -> f64 {
+        self.noise_sigma_255
+            .unwrap_or(harness_core::train::DEFAULT_SIGMA_255)
+            / 255.0
+    }
 }
 
 impl Default for VictimRecipe {
@@ -89,6 +107,8 @@ impl Default for VictimRecipe {
             weight_decay: 5e-4,
             width: 1.0,
             augment: true,
+            noise_sigma_255: None,
+            max_grad_norm: None,
         }
     }
 }

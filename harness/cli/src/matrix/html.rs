@@ -26,7 +26,9 @@ pub fn render(
         t = esc(title)
     ));
     page.push_str(
-        "<p>Owner accuracy is top-1 on the test split; p50 is batch-1 latency in ms (ratio to \
+        "<p>Owner accuracy is top-1 on the test split (for a denoiser: the mean per-image PSNR \
+         of its output on the noisy test images, in dB, then that of the noisy input); p50 is \
+         batch-1 latency in ms (ratio to \
          <code>none</code>). For each attack: the attacker's test accuracy, fidelity (top-1 \
          agreement with the owner's model) and theft gain (accuracy minus the no-theft reference \
          trained on the attacker's data alone). Means over seeds, ±95% interval when there are \
@@ -63,7 +65,14 @@ pub fn render(
                 "Extraction: attacker accuracy against queries used",
                 extraction_curves(&of_victim),
             ),
-            ("Owner accuracy per access level", level_curves(&of_victim)),
+            (
+                "Owner accuracy per access level",
+                level_curves(&of_victim, LevelMeasure::Accuracy),
+            ),
+            (
+                "Denoiser PSNR per access level (dB); dashed: the noisy input",
+                level_curves(&of_victim, LevelMeasure::Psnr),
+            ),
             (
                 "Batch-1 latency p50 / p99 of the owner's deployment (ms)",
                 latency_bars(&of_victim),
@@ -303,13 +312,42 @@ fn extraction_curves(records: &[Record]) -> Plot {
     })
 }
 
-fn level_curves(records: &[Record]) -> Plot {
+/// What a level plot shows: accuracy (classifiers, on [0,1]) or PSNR (denoisers, in dB, on an
+/// axis fitted to the values: a [0,1] axis would hide them).
+#[derive(Clone, Copy, PartialEq)]
+enum LevelMeasure {
+    Accuracy,
+    Psnr,
+}
+
+impl LevelMeasure {
+    fn level_prefix(self) -> &'static str {
+        match self {
+            LevelMeasure::Accuracy => "level-accuracy:",
+            LevelMeasure::Psnr => "level-psnr:",
+        }
+    }
+    fn owner_metric(self) -> &'static str {
+        match self {
+            LevelMeasure::Accuracy => "owner-accuracy",
+            LevelMeasure::Psnr => "owner-psnr",
+        }
+    }
+    fn y_desc(self) -> &'static str {
+        match self {
+            LevelMeasure::Accuracy => "owner test accuracy",
+            LevelMeasure::Psnr => "PSNR (dB)",
+        }
+    }
+}
+
+fn level_curves(records: &[Record], measure: LevelMeasure) -> Plot {
     let mut series: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     for ((_, _, defence, attack, metric), v) in &group(records) {
         if attack != "-" {
             continue;
         }
-        if let Some(level) = metric.strip_prefix("level-accuracy:") {
+        if let Some(level) = metric.strip_prefix(measure.level_prefix()) {
             series
                 .entry(defence.clone())
                 .or_default()
@@ -321,11 +359,41 @@ fn level_curves(records: &[Record]) -> Plot {
     }
     // Full access (the owner) closes each curve.
     for (d, pts) in series.iter_mut() {
-        if let Some(acc) = mean_of(records, d, "-", "owner-accuracy") {
+        if let Some(acc) = mean_of(records, d, "-", measure.owner_metric()) {
             pts.push(("full".into(), acc));
         }
     }
     let n = series.values().map(Vec::len).max().unwrap_or(1).max(2);
+    // The noisy input's PSNR: what a denoiser must beat to be of any use.
+    let reference = match measure {
+        LevelMeasure::Psnr => mean_of(records, "none", "-", "noisy-psnr").or_else(|| {
+            records
+                .iter()
+                .find(|r| r.status == "ok" && r.metric == "noisy-psnr")
+                .map(|r| r.value)
+        }),
+        LevelMeasure::Accuracy => None,
+    };
+    let (y0, y1) = match measure {
+        LevelMeasure::Accuracy => (0.0, 1.0),
+        LevelMeasure::Psnr => {
+            let values = series
+                .values()
+                .flatten()
+                .map(|p| p.1)
+                .chain(reference)
+                .filter(|v| v.is_finite());
+            let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+            if lo.is_finite() && hi.is_finite() {
+                let pad = ((hi - lo) * 0.1).max(0.5);
+                ((lo - pad).max(0.0).floor(), (hi + pad).ceil())
+            } else {
+                (0.0, 50.0)
+            }
+        }
+    };
     draw(|svg| {
         let root = SVGBackend::with_string(svg, (W, H)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -333,14 +401,26 @@ fn level_curves(records: &[Record]) -> Plot {
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(-0.2f64..(n - 1) as f64 + 0.2, 0f64..1f64)?;
+            .build_cartesian_2d(-0.2f64..(n - 1) as f64 + 0.2, y0..y1)?;
         chart
             .configure_mesh()
             .x_labels(n)
             .x_label_formatter(&|x| format!("{}", x.round() as i64))
             .x_desc("access level (last point: full access)")
-            .y_desc("owner test accuracy")
+            .y_desc(measure.y_desc())
             .draw()?;
+        if let Some(value) = reference {
+            let style = BLACK.stroke_width(2);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(-0.2, value), ((n - 1) as f64 + 0.2, value)],
+                    8,
+                    4,
+                    style,
+                ))?
+                .label("noisy input")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], style));
+        }
         for (i, (d, pts)) in series.into_iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let xy: Vec<(f64, f64)> = pts
@@ -489,5 +569,32 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(render(&plain, "t", None, &[]).matches("<svg").count(), 2);
+    }
+
+    #[test]
+    fn denoiser_levels_get_their_own_psnr_chart() {
+        let mut records = vec![
+            rec("none", "-", "owner-psnr", 26.3),
+            rec("none", "-", "noisy-psnr", 14.2),
+            rec("none", "-", "latency-ms-p50", 9.0),
+            rec("none", "-", "latency-ms-p99", 9.5),
+            rec("se", "-", "owner-psnr", 26.3),
+            rec("se", "-", "noisy-psnr", 14.2),
+            rec("se", "-", "level-psnr:level-0", 7.9),
+            rec("se", "-", "level-psnr:level-1", 12.5),
+        ];
+        for r in &mut records {
+            r.model = "dncnn".into();
+        }
+        let html = render(&records, "t", None, &[]);
+        assert_eq!(html.matches("<svg").count(), 2, "PSNR levels and latency");
+        assert!(html.contains("Denoiser PSNR per access level"));
+        assert!(!html.contains("Owner accuracy per access level"));
+        assert!(html.contains("PSNR (dB)"));
+        assert!(html.contains("psnr 26.30 dB (14.20 dB)"), "owner column");
+        assert!(
+            html.contains("level-0 7.90 dB, level-1 12.50 dB"),
+            "levels column"
+        );
     }
 }

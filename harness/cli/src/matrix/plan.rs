@@ -183,14 +183,38 @@ impl Plan {
         for d in &m.axes.datasets {
             datasets::catalog::DatasetId::parse(d)?;
         }
+        // Denoisers (DnCNN) get defence cells only: every attack measures attacker accuracy
+        // against labels, which a denoiser does not produce.
+        let mut denoisers = Vec::new();
         for model in &m.axes.models {
-            let arch = harness_core::Arch::parse(model)?;
-            if !arch.is_classifier() {
+            if !harness_core::Arch::parse(model)?.is_classifier() {
+                denoisers.push(model.as_str());
+            }
+        }
+        if !denoisers.is_empty() {
+            let sigma = m.victim.noise_sigma();
+            harness_core::train::denoise::check_sigma(sigma).map_err(|_| {
+                UsageError(format!(
+                    "victim.noise_sigma_255 must be in (0, 255], got {}",
+                    sigma * 255.0
+                ))
+            })?;
+            if let (Some(model), Some(attack)) = (denoisers.first(), m.axes.attacks.first()) {
                 bail!(UsageError(format!(
-                    "`{model}` is not a classifier; the matrix takes classifiers"
+                    "attack `{attack}` cannot run on `{model}`: `{model}` is a denoiser and every \
+                     attack measures attacker accuracy on labels; a matrix with denoisers takes \
+                     defence cells only (`attacks = []`; put classifiers in their own matrix)"
+                )));
+            }
+            if let Some(entry) = m.axes.defences.iter().find(|d| d.contains('+')) {
+                bail!(UsageError(format!(
+                    "defence `{entry}` perturbs class probabilities, but `{}` is a denoiser; \
+                     use the defence without `+...`",
+                    denoisers[0]
                 )));
             }
         }
+        let only_denoisers = denoisers.len() == m.axes.models.len();
         if m.data.transfer != "attacker" {
             datasets::catalog::DatasetId::parse(&m.data.transfer)?;
         }
@@ -210,7 +234,8 @@ impl Plan {
             ("attacks", m.axes.attacks.len()),
             ("seeds", m.axes.seeds.len()),
         ] {
-            if list == 0 {
+            // A denoiser matrix has no attacks (see above); anything else needs every axis.
+            if list == 0 && !(what == "attacks" && only_denoisers) {
                 bail!(UsageError(format!("axes.{what} is empty")));
             }
         }
@@ -473,6 +498,43 @@ mod tests {
             victims.dedup();
             assert_eq!(victims.len(), 1, "shard {i}: {victims:?}");
         }
+    }
+
+    #[test]
+    fn denoisers_take_defence_cells_only() {
+        let (d, a) = registries();
+        let mut m = matrix("\"none\", \"verifying\"", "");
+        m.axes.models = vec!["dncnn".into()];
+        let plan = Plan::new(&m, &d, &a).unwrap();
+        assert_eq!(
+            cells(&plan),
+            vec![
+                ("none".to_string(), "-".to_string()),
+                ("verifying".to_string(), "-".to_string())
+            ]
+        );
+        // Any attack, even one that needs nothing, names the pair it refuses.
+        for attack in ["\"scratch\"", "\"steal\""] {
+            let mut m = matrix("\"none\"", attack);
+            m.axes.models = vec!["dncnn".into()];
+            let err = Plan::new(&m, &d, &a).err().unwrap();
+            let msg = err.to_string();
+            assert!(err.downcast_ref::<UsageError>().is_some(), "{msg}");
+            assert!(
+                msg.contains(&format!(
+                    "attack {} cannot run on `dncnn`",
+                    attack.replace('"', "`")
+                )),
+                "{msg}"
+            );
+        }
+        // Classifiers keep needing attacks, also next to a denoiser.
+        let mut m = matrix("\"none\"", "");
+        m.axes.models = vec!["dncnn".into(), "resnet20".into()];
+        let msg = Plan::new(&m, &d, &a).err().unwrap().to_string();
+        assert!(msg.contains("axes.attacks is empty"), "{msg}");
+        let m = matrix("\"none\"", "");
+        assert!(Plan::new(&m, &d, &a).is_err());
     }
 
     #[test]

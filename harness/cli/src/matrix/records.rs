@@ -27,7 +27,8 @@ pub struct Record {
     pub seed: u64,
     /// Metric name.
     pub metric: String,
-    /// Value (NaN for error rows).
+    /// Value (NaN for error rows; JSON writes NaN as `null`, which reads back as NaN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub value: f64,
     /// Whether a larger value is better for the protection's owner.
     pub higher_is_better: bool,
@@ -42,6 +43,12 @@ pub struct Record {
     pub config_hash: String,
     /// Git commit of the harness build.
     pub git: String,
+}
+
+/// Reads a value written by serde_json, which writes non-finite numbers as `null`: without this
+/// an error row (value NaN) could not be read back and the run's report would fail.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The append-only record file of one run.
@@ -124,4 +131,19 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Record>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_rows_read_back() {
+        let line = r#"{"run":"r","dataset":"d","model":"m","defence":"none","attack":"-","seed":0,"metric":"error","value":null,"higher_is_better":false,"status":"error","error":"boom","wall_seconds":0.0,"config_hash":"h","git":"g"}"#;
+        let r: Record = serde_json::from_str(line).unwrap();
+        assert!(r.value.is_nan());
+        assert_eq!(r.error, "boom");
+        let ok = line.replace("null", "0.5");
+        assert_eq!(serde_json::from_str::<Record>(&ok).unwrap().value, 0.5);
+    }
 }

@@ -86,18 +86,24 @@ pub fn derive(records: &[Record]) -> Vec<Record> {
                 ..r.clone()
             });
         }
-        // What the protection costs the owner in accuracy, on the test set, against `none`.
-        if r.metric == "owner-accuracy"
-            && r.attack == "-"
-            && r.defence != "none"
-            && let Some(base) = find(r, "none", "-", "owner-accuracy")
-        {
-            out.push(Record {
-                metric: "owner-accuracy-loss".into(),
-                value: base - r.value,
-                higher_is_better: false,
-                ..r.clone()
-            });
+        // What the protection costs the owner in accuracy (PSNR for a denoiser, in dB), on the
+        // test set, against `none`.
+        for (metric, loss) in [
+            ("owner-accuracy", "owner-accuracy-loss"),
+            ("owner-psnr", "owner-psnr-loss"),
+        ] {
+            if r.metric == metric
+                && r.attack == "-"
+                && r.defence != "none"
+                && let Some(base) = find(r, "none", "-", metric)
+            {
+                out.push(Record {
+                    metric: loss.into(),
+                    value: base - r.value,
+                    higher_is_better: false,
+                    ..r.clone()
+                });
+            }
         }
         let ratio_of = match r.metric.as_str() {
             "latency-ms-p50" => Some("latency-p50-ratio"),
@@ -149,19 +155,37 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
             victims.push(v);
         }
     }
+    let has_psnr = records.iter().any(|r| r.metric == "owner-psnr");
+    let has_acc = records.iter().any(|r| r.metric == "owner-accuracy");
     let mut header = vec![
         "dataset".to_string(),
         "model".into(),
         "defence".into(),
-        "owner acc".into(),
+        match (has_acc, has_psnr) {
+            (true, true) => "owner acc / PSNR",
+            (false, true) => "owner PSNR (noisy input)",
+            _ => "owner acc",
+        }
+        .into(),
         "p50 ms (x none)".into(),
     ];
     header.extend(attacks.iter().map(|a| format!("{a}: acc / fid / gain")));
     let has_levels = records
         .iter()
-        .any(|r| r.metric.starts_with("level-accuracy:"));
+        .any(|r| r.metric.starts_with("level-accuracy:") || r.metric.starts_with("level-psnr:"));
     if has_levels {
-        header.push("levels: acc".into());
+        let acc_levels = records
+            .iter()
+            .any(|r| r.metric.starts_with("level-accuracy:"));
+        let psnr_levels = records.iter().any(|r| r.metric.starts_with("level-psnr:"));
+        header.push(
+            match (acc_levels, psnr_levels) {
+                (true, true) => "levels: acc / PSNR",
+                (false, true) => "levels: PSNR",
+                _ => "levels: acc",
+            }
+            .into(),
+        );
     }
     let has_verifier = records
         .iter()
@@ -180,12 +204,19 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
                 metric.to_string(),
             )
         };
-        let mut row = vec![
-            d.clone(),
-            m.clone(),
-            def.clone(),
-            cell(&g, k("-", "owner-accuracy"), 4),
-        ];
+        // A denoiser's owner column is its PSNR, with the noisy input's for reference.
+        let owner = if !g.contains_key(&k("-", "owner-accuracy"))
+            && g.contains_key(&k("-", "owner-psnr"))
+        {
+            format!(
+                "psnr {} dB ({} dB)",
+                cell(&g, k("-", "owner-psnr"), 2),
+                cell(&g, k("-", "noisy-psnr"), 2)
+            )
+        } else {
+            cell(&g, k("-", "owner-accuracy"), 4)
+        };
+        let mut row = vec![d.clone(), m.clone(), def.clone(), owner];
         row.push(format!(
             "{} ({})",
             cell(&g, k("-", "latency-ms-p50"), 2),
@@ -219,6 +250,9 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
                 .iter()
                 .filter(|(key, _)| key.0 == *d && key.1 == *m && key.2 == *def && key.3 == "-")
                 .filter_map(|(key, v)| {
+                    if let Some(name) = key.4.strip_prefix("level-psnr:") {
+                        return Some(format!("{name} {:.2} dB", mean_ci(v).0));
+                    }
                     let name = key.4.strip_prefix("level-accuracy:")?;
                     Some(format!("{name} {:.3}", mean_ci(v).0))
                 })
@@ -285,7 +319,9 @@ pub fn markdown(records: &[Record], title: &str, errors: &[&Record]) -> String {
     let (header, rows) = table_rows(records);
     let mut s = format!("# {title}\n\n");
     s.push_str(
-        "Owner accuracy is top-1 on the test split; p50 is batch-1 latency in ms (ratio to `none`). \
+        "Owner accuracy is top-1 on the test split (for a denoiser: mean per-image PSNR in dB of \
+         its output on the noisy test images, then that of the noisy input itself); p50 is \
+         batch-1 latency in ms (ratio to `none`). \
          For each attack: the attacker's test accuracy, fidelity (top-1 agreement with the owner's \
          model), and theft gain (accuracy minus the no-theft reference trained on the attacker's \
          data alone). Means over seeds, ±95% interval when there are several. `as none`: \

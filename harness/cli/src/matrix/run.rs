@@ -9,15 +9,19 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
+use datasets::augment::Augment;
 use datasets::catalog::{DatasetId, LoadOptions, Normalization};
 use datasets::split::{SplitFractions, disjoint_splits, stratified_subset};
 use datasets::{ImageSet, Split};
+use harness_core::eval_denoise::evaluate_psnr;
 use harness_core::protect::{
     AttackContext, DefenceContext, Deployed, Exposure, Measure, Oracle, OwnershipVerifier,
     PlainModel, Protected, Requirement, Victim,
 };
-use harness_core::train::{CrossEntropy, SgdConfig, TrainConfig, TrainOptions, train};
-use harness_core::{Arch, ModelSpec, ParamStore};
+use harness_core::train::{
+    CrossEntropy, Denoise, Objective, SgdConfig, TrainConfig, TrainOptions, train,
+};
+use harness_core::{Arch, ModelSpec, ParamStore, Task};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
@@ -216,22 +220,37 @@ fn prepare_group(
             1.0
         },
     };
+    let task = if arch.is_classifier() {
+        Task::Classification
+    } else {
+        Task::Denoising {
+            sigma: m.victim.noise_sigma(),
+        }
+    };
     let recipe = TrainConfig {
         epochs: m.victim.epochs,
         batch_size: m.victim.batch_size,
         sgd: SgdConfig {
             lr: m.victim.lr,
             weight_decay: m.victim.weight_decay,
+            max_grad_norm: m.victim.max_grad_norm,
             ..SgdConfig::default()
         },
-        augment: m.victim.augment.then(Default::default),
-        normalization: Some(normalization),
+        augment: m.victim.augment.then(|| victim_augment(task)),
+        normalization: match task {
+            Task::Classification => Some(normalization),
+            Task::Denoising { .. } => None,
+        },
         seed,
         ..TrainConfig::default()
     };
+    let objective: Box<dyn Objective> = match task {
+        Task::Classification => Box::new(CrossEntropy),
+        Task::Denoising { sigma } => Box::new(Denoise::new(sigma, seed)?),
+    };
     let params = ParamStore::new(seed, &s.device);
     let plain = PlainModel::build(spec.clone(), params.clone())?;
-    let key = victim_key(dataset, &spec, &recipe, s, seed);
+    let key = victim_key(dataset, &spec, &recipe, task, &*objective, s, seed);
     let cached = s
         .results_dir
         .join("cache")
@@ -251,7 +270,7 @@ fn prepare_group(
             &params,
             &owner,
             &recipe,
-            &CrossEntropy,
+            &*objective,
             &TrainOptions::default(),
             &s.device,
         )?;
@@ -274,20 +293,39 @@ fn prepare_group(
         Victim {
             model: plain,
             train: recipe,
+            task,
         },
     ))
 }
 
-/// Hash of everything that shapes a victim's weights.
+/// The victim's augmentation when the recipe asks for one.
+///
+/// Choice: denoisers get horizontal flips only. The zero-padded random crop of the CIFAR recipe
+/// would paste black borders into the clean targets; DnCNN augments with flips (and rotations)
+/// of patches, never with padding.
+fn victim_augment(task: Task) -> Augment {
+    match task {
+        Task::Classification => Augment::default(),
+        Task::Denoising { .. } => Augment {
+            crop_padding: 0,
+            horizontal_flip: true,
+        },
+    }
+}
+
+/// Hash of everything that shapes a victim's weights. The task enters the hash only for
+/// denoisers (objective and noise level), so classifier victims keep their cache keys.
 fn victim_key(
     dataset: &str,
     spec: &ModelSpec,
     recipe: &TrainConfig,
+    task: Task,
+    objective: &dyn Objective,
     s: &RunSettings,
     seed: u64,
 ) -> String {
     let d = &s.matrix.data;
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "version": VICTIM_CACHE_VERSION,
         "harness": env!("CARGO_PKG_VERSION"),
         "dataset": dataset,
@@ -299,6 +337,10 @@ fn victim_key(
         "seed": seed,
         "device": crate::device::describe(&s.device),
     });
+    if let Task::Denoising { sigma } = task {
+        value["objective"] = serde_json::json!(objective.id());
+        value["noise_sigma"] = serde_json::json!(sigma);
+    }
     let h = Sha256::digest(value.to_string().as_bytes());
     h.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
@@ -328,7 +370,19 @@ fn run_cell(
         git: env!("PROTBENCH_GIT").to_string(),
     };
     let mut rows = Vec::new();
-    let norm = Some(&data.normalization);
+    // Denoisers see pixels / 255 (no normalisation), as they were trained.
+    let norm = match victim.task {
+        Task::Classification => Some(&data.normalization),
+        Task::Denoising { .. } => None,
+    };
+
+    if victim.task != Task::Classification && cell.attack != "-" {
+        anyhow::bail!(
+            "attack `{}` measures accuracy and cannot run on the denoiser `{}`",
+            cell.attack,
+            cell.model
+        );
+    }
 
     // Attacks that need no exposure do not depend on the defence.
     if cell.defence == "*" {
@@ -377,8 +431,12 @@ fn run_cell(
             .map_err(|e| format!("{e}"))
             .and_then(|protected| {
                 let protect_seconds = start.elapsed().as_secs_f64();
-                let owner_preds = predict(&*protected.owner, &data.test, norm, &s.device)
-                    .map_err(|e| format!("{e:#}"))?;
+                // A denoiser has no predictions: its quality is measured as PSNR below.
+                let owner_preds = match victim.task {
+                    Task::Classification => predict(&*protected.owner, &data.test, norm, &s.device)
+                        .map_err(|e| format!("{e:#}"))?,
+                    Task::Denoising { .. } => Vec::new(),
+                };
                 Ok(ProtectedCell {
                     protected,
                     protect_seconds,
@@ -394,8 +452,18 @@ fn run_cell(
     };
 
     if cell.attack == "-" {
-        let owner_acc = agreement_with_labels(owner_preds, &data.test.labels);
-        rows.push(row("owner-accuracy", owner_acc, true, protect_secs));
+        match victim.task {
+            Task::Classification => {
+                let owner_acc = agreement_with_labels(owner_preds, &data.test.labels);
+                rows.push(row("owner-accuracy", owner_acc, true, protect_secs));
+            }
+            Task::Denoising { sigma } => {
+                let r = evaluate_psnr(&*prot.owner, &data.test, sigma, cell.seed, 64, &s.device)?;
+                rows.push(row("owner-psnr", r.psnr, true, protect_secs));
+                // The do-nothing reference: the noisy input itself (same noise for every model).
+                rows.push(row("noisy-psnr", r.noisy_psnr, true, protect_secs));
+            }
+        }
         let (p50, p99) = latency_ms(&*prot.owner, &data.test, norm, &s.device)?;
         rows.push(row("latency-ms-p50", p50, false, protect_secs));
         rows.push(row("latency-ms-p99", p99, false, protect_secs));
@@ -407,13 +475,26 @@ fn run_cell(
             protect_secs,
         ));
         for (name, level) in &prot.levels {
-            let acc = accuracy(&**level, &data.test, norm, &s.device)?;
-            rows.push(row(
-                &format!("level-accuracy:{name}"),
-                acc,
-                true,
-                protect_secs,
-            ));
+            match victim.task {
+                Task::Classification => {
+                    let acc = accuracy(&**level, &data.test, norm, &s.device)?;
+                    rows.push(row(
+                        &format!("level-accuracy:{name}"),
+                        acc,
+                        true,
+                        protect_secs,
+                    ));
+                }
+                Task::Denoising { sigma } => {
+                    let r = evaluate_psnr(&**level, &data.test, sigma, cell.seed, 64, &s.device)?;
+                    rows.push(row(
+                        &format!("level-psnr:{name}"),
+                        r.psnr,
+                        true,
+                        protect_secs,
+                    ));
+                }
+            }
             // A level may run differently from the owner (EdgePro's no-password level has no
             // hook), so its latency is the harness's measurement too.
             let (p50, _) = latency_ms(&**level, &data.test, norm, &s.device)?;

@@ -7,8 +7,8 @@ use datasets::ImageSet;
 use datasets::catalog::Normalization;
 
 use super::{Deployed, Measure, OwnershipVerifier, PlainModel, StolenWeights};
-use crate::Result;
 use crate::train::TrainConfig;
+use crate::{Result, Task};
 
 /// The unprotected victim, trained once by the harness and shared by every defence of a cell.
 pub struct Victim {
@@ -16,6 +16,9 @@ pub struct Victim {
     pub model: PlainModel,
     /// The recipe it was trained with (defences that retrain reuse it).
     pub train: TrainConfig,
+    /// What it was trained for: a protection that searches with a loss (PSS) must use the
+    /// victim's own objective, and a denoiser's noise level is part of it.
+    pub task: Task,
 }
 
 /// What a defence may use besides the victim.

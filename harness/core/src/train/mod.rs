@@ -2,12 +2,14 @@
 //! resumable checkpoints.
 
 mod checkpoint;
+pub mod denoise;
 mod objective;
 mod schedule;
 mod sgd;
 mod trainer;
 
 pub use checkpoint::Checkpoint;
+pub use denoise::{DEFAULT_SIGMA_255, Denoise};
 pub use objective::{CrossEntropy, Objective, StepLoss, correct_count};
 pub use schedule::Schedule;
 pub use sgd::{Sgd, SgdConfig};

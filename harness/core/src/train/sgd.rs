@@ -14,6 +14,12 @@ pub struct SgdConfig {
     pub nesterov: bool,
     /// L2 penalty added to the gradient, applied to every parameter as PyTorch does by default.
     pub weight_decay: f64,
+    /// Rescale the gradients so that their global L2 norm is at most this
+    /// (`torch.nn.utils.clip_grad_norm_` before the step); `None` leaves them alone. Plain SGD
+    /// on DnCNN's summed loss blows up without it. Left out of serialised configurations when
+    /// unset, so fingerprints of runs without clipping are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
 }
 
 impl Default for SgdConfig {
@@ -23,6 +29,7 @@ impl Default for SgdConfig {
             momentum: 0.9,
             nesterov: true,
             weight_decay: 5e-4,
+            max_grad_norm: None,
         }
     }
 }
@@ -43,6 +50,13 @@ impl Sgd {
             return Err(crate::Error::Config(
                 "nesterov momentum needs momentum > 0".into(),
             ));
+        }
+        if let Some(m) = config.max_grad_norm
+            && !(m.is_finite() && m > 0.0)
+        {
+            return Err(crate::Error::Config(format!(
+                "the gradient-norm limit must be a positive number, got {m}"
+            )));
         }
         if !(config.lr.is_finite() && config.lr >= 0.0) {
             return Err(crate::Error::Config(format!(
@@ -76,8 +90,26 @@ impl Sgd {
             momentum,
             nesterov,
             weight_decay,
+            max_grad_norm,
             ..
         } = self.config;
+        // Global-norm clipping over every gradient this optimiser moves, as clip_grad_norm_.
+        let scale = match max_grad_norm {
+            None => 1.0,
+            Some(max) => {
+                let mut sq = 0.0f64;
+                for (_, var) in &self.vars {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        sq += g
+                            .sqr()?
+                            .sum_all()?
+                            .to_dtype(candle_core::DType::F64)?
+                            .to_scalar::<f64>()?;
+                    }
+                }
+                (max / (sq.sqrt() + 1e-6)).min(1.0)
+            }
+        };
         for ((_, var), buf) in self.vars.iter().zip(self.buffers.iter_mut()) {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
@@ -85,7 +117,11 @@ impl Sgd {
             // Gradients computed by candle's backward pass still carry the op graph of the
             // forward pass; a momentum buffer built from them would keep every step's graph (and
             // its activations) alive forever. Detach once here.
-            let grad = grad.detach();
+            let grad = if scale < 1.0 {
+                (grad.detach() * scale)?
+            } else {
+                grad.detach()
+            };
             let mut g = if weight_decay != 0.0 {
                 (grad + (var.as_tensor().detach() * weight_decay)?)?
             } else {
@@ -179,6 +215,7 @@ mod tests {
             momentum: 0.9,
             nesterov: true,
             weight_decay: 0.01,
+            max_grad_norm: None,
         };
         let mut opt = Sgd::new(vec![("p".into(), p.clone())], cfg).unwrap();
         for _ in 0..3 {
@@ -201,6 +238,7 @@ mod tests {
                 momentum: 0.9,
                 nesterov,
                 weight_decay: 0.0,
+                max_grad_norm: None,
             };
             let mut opt = Sgd::new(vec![("p".into(), p.clone())], cfg).unwrap();
             for _ in 0..2 {
