@@ -172,3 +172,30 @@ fn bad_matrices_are_usage_errors_before_training() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_results_folder_of_another_matrix_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.toml"), MATRIX).unwrap();
+    let out = harness(&["run", "--matrix", "m.toml", "--dry-run"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stderr(&out)
+        .split("run id ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    let run = dir.path().join("results").join(&id);
+    std::fs::create_dir_all(&run).unwrap();
+    let foreign = r#"{"config_hash": "0123456789ab", "run_id": "x"}"#;
+    std::fs::write(run.join("run.json"), foreign).unwrap();
+    let out = harness(&["run", "--matrix", "m.toml", "--quiet"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another matrix"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(run.join("run.json")).unwrap(),
+        foreign,
+        "nothing overwritten"
+    );
+    assert!(!run.join("records.jsonl").exists());
+}

@@ -29,6 +29,31 @@ fn parse_shard(s: Option<&str>) -> anyhow::Result<(usize, usize)> {
     Ok((i - 1, n))
 }
 
+/// A run folder is resumed only by the matrix that made it: records of another configuration
+/// (a renamed or hand-copied folder, a hash collision) would mix into this run's tables.
+/// Refused before anything is written.
+fn refuse_foreign_results(dir: &std::path::Path, config_hash: &str) -> anyhow::Result<()> {
+    let run_json = dir.join("run.json");
+    if !run_json.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&run_json)
+        .with_context(|| format!("failed to read {}", run_json.display()))?;
+    let found = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("config_hash")?.as_str().map(str::to_string));
+    match found {
+        Some(h) if h == config_hash => Ok(()),
+        other => bail!(crate::exit::UsageError(format!(
+            "{} holds the results of another matrix (configuration hash {}, this one is \
+             {config_hash}); nothing was written. Use another --results folder, or move that \
+             one away",
+            dir.display(),
+            other.as_deref().unwrap_or("unreadable")
+        ))),
+    }
+}
+
 /// Runs the command.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let matrix = MatrixFile::read(&args.matrix)?.with_profile(args.profile.as_deref())?;
@@ -61,6 +86,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let device = crate::device::parse(&args.run.device)?;
     let dir = run_dir(&args.results, &run_id);
+    refuse_foreign_results(&dir, &config_hash)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
     let run_json = json!({
         "run_id": run_id,
