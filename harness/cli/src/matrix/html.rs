@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::records::Record;
@@ -164,6 +165,28 @@ fn ordered(records: &[Record], pick: impl Fn(&Record) -> Option<String>) -> Vec<
 
 type Plot = Option<Result<String, String>>;
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The label of a category axis (categories sit at x = i + 0.5): the name at each centre only.
+fn category_label(names: &[String], x: f64) -> String {
+    let i = x.floor() as usize;
+    if (x - i as f64 - 0.5).abs() < 1e-6 {
+        names.get(i).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+/// The same legend box on every plot.
+fn draw_legend<'a>(chart: &mut Chart<'a, 'a>) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 fn draw(f: impl FnOnce(&mut String) -> Result<(), Box<dyn std::error::Error>>) -> Plot {
     let mut svg = String::new();
     Some(f(&mut svg).map(|()| svg).map_err(|e| e.to_string()))
@@ -200,14 +223,7 @@ fn attack_bars(records: &[Record]) -> Plot {
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(n * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 1e-6 {
-                    names.get(i).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .x_label_formatter(&|x| category_label(&names, *x))
             .y_desc("test accuracy")
             .draw()?;
         let width = 0.8 / defences.len() as f64;
@@ -247,11 +263,7 @@ fn attack_bars(records: &[Record]) -> Plot {
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], style));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart)?;
         root.present()?;
         Ok(())
     })
@@ -302,11 +314,7 @@ fn extraction_curves(records: &[Record]) -> Plot {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], color));
             chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart)?;
         root.present()?;
         Ok(())
     })
@@ -434,11 +442,7 @@ fn level_curves(records: &[Record], measure: LevelMeasure) -> Plot {
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], color));
             chart.draw_series(xy.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart)?;
         root.present()?;
         Ok(())
     })
@@ -475,14 +479,7 @@ fn latency_bars(records: &[Record]) -> Plot {
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(n * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - i as f64 - 0.5).abs() < 1e-6 {
-                    names.get(i).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
+            .x_label_formatter(&|x| category_label(&names, *x))
             .y_desc("ms")
             .draw()?;
         for (k, (label, color)) in [("p50", BLUE.mix(0.7)), ("p99", RED.mix(0.5))]
@@ -500,11 +497,7 @@ fn latency_bars(records: &[Record]) -> Plot {
                     Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
                 });
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart)?;
         root.present()?;
         Ok(())
     })
