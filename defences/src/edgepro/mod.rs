@@ -342,6 +342,7 @@ impl EdgePro {
             nesterov: false,
             weight_decay: 5e-4,
             max_grad_norm: None,
+            adam: None,
         };
         cfg.schedule = harness_core::train::Schedule::default();
         cfg.normalization = Some(ctx.normalization);

@@ -17,6 +17,7 @@ pub mod dprm;
 pub mod keys;
 pub mod levels;
 pub mod pss;
+mod pss_memo;
 pub mod ranking;
 
 use std::path::Path;
@@ -192,19 +193,33 @@ impl Defence for SelectiveEncryption {
             Task::Classification => Some(&ctx.normalization),
             Task::Denoising { .. } => victim.train.normalization.as_ref(),
         };
-        let rank_start = Instant::now();
-        let importance = importance(
-            &original,
-            cfg.ranking,
-            &cfg.layers,
-            Some((spec, &victim.model.params)),
-            Some((ctx.owner_data, norm)),
-            &pss,
-            ctx.seed,
-            ctx.device,
-            ctx.progress,
-        )?;
-        let rank_seconds = rank_start.elapsed().as_secs_f64();
+        let compute = || {
+            let rank_start = Instant::now();
+            let importance = importance(
+                &original,
+                cfg.ranking,
+                &cfg.layers,
+                Some((spec, &victim.model.params)),
+                Some((ctx.owner_data, norm)),
+                &pss,
+                ctx.seed,
+                ctx.device,
+                ctx.progress,
+            )?;
+            Ok((importance, rank_start.elapsed().as_secs_f64()))
+        };
+        let (importance, rank_seconds) = if cfg.ranking == Ranking::Pss {
+            pss_memo::get_or_compute(
+                &original,
+                &cfg.layers,
+                &pss,
+                ctx.seed,
+                ctx.owner_data,
+                compute,
+            )?
+        } else {
+            compute()?
+        };
         let enc = encrypt(&original, &importance, &cfg.plan(), None)?;
         let header = public_header(&enc.model)?;
 

@@ -276,6 +276,7 @@ fn bench_train(
             nesterov: false,
             weight_decay: 0.0,
             max_grad_norm: None,
+            adam: None,
         },
     )?;
     let mut step = || -> candle_core::Result<Tensor> {

@@ -41,6 +41,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             nesterov: !args.no_nesterov,
             weight_decay: args.weight_decay,
             max_grad_norm: None,
+            adam: None,
         },
         schedule,
         augment: (!args.no_augment).then(Augment::default),

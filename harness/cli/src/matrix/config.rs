@@ -87,6 +87,20 @@ pub struct VictimRecipe {
     /// out of the serialised matrix when unset, like `noise_sigma_255`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_grad_norm: Option<f64>,
+    /// `"sgd"` (Nesterov momentum 0.9, the default) or `"adam"` (PyTorch's defaults, betas 0.9
+    /// / 0.999: DnCNN's usual recipe). Left out of the serialised matrix when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerKind>,
+}
+
+/// The victim's update rule.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with Nesterov momentum 0.9.
+    Sgd,
+    /// Adam with PyTorch's default betas.
+    Adam,
 }
 
 impl VictimRecipe {
@@ -109,6 +123,7 @@ impl Default for VictimRecipe {
             augment: true,
             noise_sigma_255: None,
             max_grad_norm: None,
+            optimizer: None,
         }
     }
 }

@@ -30,6 +30,16 @@ pub struct AttackEntry {
     pub attack: Box<dyn Attack>,
     /// Its budget after overrides.
     pub budget: Budget,
+    /// The defence entries it runs against (`defences = [...]` in its settings); `None`: all.
+    /// Sweeps use it to attack a few points of a sweep instead of every one.
+    pub only: Option<Vec<String>>,
+}
+
+impl AttackEntry {
+    /// Whether the matrix asks for this attack on defence entry `d`.
+    fn runs_against(&self, d: &DefenceEntry) -> bool {
+        self.only.as_ref().is_none_or(|o| o.contains(&d.name))
+    }
 }
 
 /// One cell: a victim (dataset, model, seed) under one defence and one attack.
@@ -303,11 +313,38 @@ impl Plan {
                     ))
                 })? as u64);
             }
+            let only = match settings.remove("defences") {
+                None => None,
+                Some(v) => {
+                    let names = v
+                        .as_array()
+                        .and_then(|a| {
+                            a.iter()
+                                .map(|x| x.as_str().map(str::to_string))
+                                .collect::<Option<Vec<_>>>()
+                        })
+                        .ok_or_else(|| {
+                            UsageError(format!(
+                                "[attacks.{entry}] defences must be a list of defence entries, \
+                                 e.g. defences = [\"none\"]"
+                            ))
+                        })?;
+                    if let Some(bad) = names.iter().find(|n| !m.axes.defences.contains(n)) {
+                        bail!(UsageError(format!(
+                            "[attacks.{entry}] defences names `{bad}`, which is not in \
+                             axes.defences ({})",
+                            m.axes.defences.join(", ")
+                        )));
+                    }
+                    Some(names)
+                }
+            };
             let attack = attack_registry.build(&id, &settings)?;
             attacks.push(AttackEntry {
                 name: entry.clone(),
                 attack,
                 budget,
+                only,
             });
         }
 
@@ -329,7 +366,10 @@ impl Plan {
                         if a.attack.requires() == Requirement::Nothing {
                             cells.push(key("*", &a.name));
                             // Independent models are also the null cases of ownership verifiers.
-                            for d in defences.iter().filter(|d| d.defence.verifies_ownership()) {
+                            for d in defences
+                                .iter()
+                                .filter(|d| d.defence.verifies_ownership() && a.runs_against(d))
+                            {
                                 cells.push(key(&d.name, &a.name));
                             }
                             continue;
@@ -344,7 +384,9 @@ impl Plan {
                             )));
                         }
                         for d in &defences {
-                            if a.attack.targets().is_some_and(|t| t != d.defence.id()) {
+                            if a.attack.targets().is_some_and(|t| t != d.defence.id())
+                                || !a.runs_against(d)
+                            {
                                 continue;
                             }
                             // Output perturbations act on the oracle only: a white-box attack on
@@ -498,6 +540,26 @@ mod tests {
             victims.dedup();
             assert_eq!(victims.len(), 1, "shard {i}: {victims:?}");
         }
+    }
+
+    #[test]
+    fn an_attack_limited_to_some_defences_runs_against_those_only() {
+        let (d, a) = registries();
+        let src = "name = \"t\"\n[axes]\ndatasets = [\"synthetic\"]\nmodels = [\"resnet20\"]\n\
+                   defences = [\"none\", \"verifying\"]\nattacks = [\"scratch\", \"steal\"]\n\
+                   seeds = [0]\n[attacks.steal]\ndefences = [\"verifying\"]\n";
+        let m: MatrixFile = toml::from_str(src).unwrap();
+        let got = cells(&Plan::new(&m, &d, &a).unwrap());
+        assert!(
+            got.contains(&("verifying".into(), "steal".into())),
+            "{got:?}"
+        );
+        assert!(!got.contains(&("none".into(), "steal".into())), "{got:?}");
+        // A name that is not a defence entry of the matrix is refused, naming it.
+        let bad: MatrixFile =
+            toml::from_str(&src.replace("[\"verifying\"]\n", "[\"verifyng\"]\n")).unwrap();
+        let err = Plan::new(&bad, &d, &a).err().unwrap().to_string();
+        assert!(err.contains("verifyng"), "{err}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use harness_core::{Arch, ModelSpec, ParamStore, Task};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use super::config::MatrixFile;
+use super::config::{MatrixFile, OptimizerKind};
 use super::plan::{CellKey, Plan};
 use super::records::{Record, RecordLog};
 
@@ -234,6 +234,8 @@ fn prepare_group(
             lr: m.victim.lr,
             weight_decay: m.victim.weight_decay,
             max_grad_norm: m.victim.max_grad_norm,
+            adam: (m.victim.optimizer == Some(OptimizerKind::Adam))
+                .then(harness_core::train::AdamConfig::default),
             ..SgdConfig::default()
         },
         augment: m.victim.augment.then(|| victim_augment(task)),

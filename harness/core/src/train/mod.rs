@@ -1,6 +1,7 @@
 //! Training: the optimiser, learning-rate schedules, objectives, the loop with progress and
 //! resumable checkpoints.
 
+mod adam;
 mod checkpoint;
 pub mod denoise;
 mod objective;
@@ -8,6 +9,7 @@ mod schedule;
 mod sgd;
 mod trainer;
 
+pub use adam::AdamConfig;
 pub use checkpoint::Checkpoint;
 pub use denoise::{DEFAULT_SIGMA_255, Denoise};
 pub use objective::{CrossEntropy, Objective, StepLoss, correct_count};
