@@ -253,3 +253,38 @@ fn pss_needs_data_and_runs_with_it() {
     assert!(!out.status.success());
     assert!(!d.join("q.st").exists() && !d.join("q.key").exists());
 }
+
+/// DnCNN: PSS learns its gates with the denoising loss (`--noise-sigma`), and the flag is refused
+/// for a classifier.
+#[test]
+fn pss_ranks_a_denoiser_with_the_denoising_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let params = harness_core::ParamStore::new(0, &candle_core::Device::Cpu);
+    let spec = harness_core::ModelSpec::new(harness_core::Arch::Dncnn, 0);
+    harness_core::zoo::build(&spec, &params).unwrap();
+    let m = d.join("dncnn.st");
+    params.save(&m).unwrap();
+    let out = harness(
+        &format!(
+            "protect encrypt --model {} --arch dncnn --ranking pss --dataset synthetic:8 --pss-images 16 \
+             --noise-sigma 25 --layers dncnn.0,dncnn.47 --ratio 0.1 --levels 2 --out e.st --keys e.key --json --quiet",
+            m.display()
+        ),
+        d,
+    );
+    ok(&out);
+    assert_eq!(last_json(&out)["ranking"], "pss");
+    assert!(d.join("e.st").exists());
+    let (_, r) = trained(5);
+    let out = harness(
+        &format!(
+            "protect encrypt --model {} --arch resnet20 --ranking l1 --noise-sigma 25 --out f.st --keys f.key",
+            r.display()
+        ),
+        d,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--noise-sigma"), "{}", text(&out));
+    assert!(!d.join("f.st").exists());
+}

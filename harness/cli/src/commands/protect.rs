@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use datasets::Split;
 use defences::selective_encryption::{self as se, PssConfig, Ranking};
-use harness_core::{Arch, ModelSpec, ParamStore};
+use harness_core::{Arch, ModelSpec, ParamStore, Task};
 use serde_json::json;
 
 use super::setup::{load_split, print_json};
@@ -90,6 +90,10 @@ pub struct EncryptArgs {
     /// PSS training images per epoch at most (class-balanced subset; 0 = all).
     #[arg(long, default_value_t = 2048)]
     pub pss_images: usize,
+    /// Denoisers (dncnn) only: the Gaussian noise level PSS trains the gates at, on the 0..255
+    /// scale (DnCNN's loss on [0,1] images, no normalisation; default 50, as the matrix).
+    #[arg(long, value_name = "SIGMA_255")]
+    pub noise_sigma: Option<f64>,
     /// Seed of the PSS subset, shuffling and gate noise (the keys never derive from it).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -216,9 +220,28 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
         ranking,
     };
     plan.validate()?;
+    let arch = Arch::parse(&args.arch)?;
+    let task = if arch.is_classifier() {
+        if args.noise_sigma.is_some() {
+            return Err(UsageError(format!(
+                "--noise-sigma is for denoisers (dncnn); `{arch}` is a classifier"
+            ))
+            .into());
+        }
+        Task::Classification
+    } else {
+        let sigma = args
+            .noise_sigma
+            .unwrap_or(harness_core::train::DEFAULT_SIGMA_255)
+            / 255.0;
+        harness_core::train::denoise::check_sigma(sigma)
+            .map_err(|e| UsageError(format!("--noise-sigma: {e}")))?;
+        Task::Denoising { sigma }
+    };
     let pss = PssConfig {
         epochs: args.pss_epochs,
         max_images: args.pss_images,
+        task,
         ..PssConfig::default()
     };
     let original = read(&args.model, "model")?;
@@ -233,12 +256,12 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
                 test_limit: None,
             };
             let loaded = load_split(&opts, Split::Train, progress)?;
-            let norm = loaded.id.info().normalization;
+            // Denoisers learn and run on [0,1] pixels, classifiers on normalised ones.
+            let norm = matches!(task, Task::Classification).then(|| loaded.id.info().normalization);
             Some((loaded.set, norm))
         }
         _ => None,
     };
-    let arch = Arch::parse(&args.arch)?;
     let classes = args
         .classes
         .or(data.as_ref().map(|(s, _)| s.num_classes()))
@@ -256,7 +279,7 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
         ranking,
         &args.layers,
         (ranking == Ranking::Pss).then_some((&spec, &params)),
-        data.as_ref().map(|(s, n)| (s, Some(n))),
+        data.as_ref().map(|(s, n)| (s, n.as_ref())),
         &pss,
         args.seed,
         &device,
