@@ -10,7 +10,10 @@ mod provenance;
 
 use clap::Parser;
 
+#[allow(unsafe_code)]
 fn main() -> std::process::ExitCode {
+    // SAFETY: first statement of main; no other thread exists yet.
+    unsafe { harness_core::nn::cpu::keep_candle_elementwise_on_one_thread() };
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Run(args) => commands::run::run(args),

@@ -16,7 +16,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::gemm::{Mat, sgemm};
+use super::gemm::{Mat, sgemm, transpose};
 use super::im2col::{Geom, col2im, im2col};
 use super::workspace::Scratch;
 use super::{f32_slice, tensor, threads, with_f32};
@@ -227,12 +227,31 @@ fn gemm_backward(
     let gemm_threads = if chunks >= t { 1 } else { t };
     let wlen = d.cout * kg;
 
+    // W^T per group, row-major (kg x og), so the input-gradient product reads its right operand
+    // along the contraction (gemm then packs nothing per image).
+    let wt: Vec<f32> = if need_dx && !d.depthwise() {
+        let mut t = vec![0f32; wlen];
+        for gi in 0..d.groups {
+            let r = gi * og * kg..(gi + 1) * og * kg;
+            transpose(&w[r.clone()], og, kg, &mut t[r]);
+        }
+        t
+    } else {
+        Vec::new()
+    };
+
     let process = |ci: usize, mut dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
-        let mut dw = if need_dw {
+        // The weight gradient is accumulated transposed, dW^T (kg x og per group) += cols x
+        // dY^T, with dY^T made per image: gemm wants its left operand contiguous along the
+        // output rows, and both dY and cols are contiguous along the contraction (the output
+        // positions). Written as dW += dY x cols^T, gemm gathered the whole column matrix with
+        // a strided copy for every image (a fifth of ResNet-20's training time).
+        let mut dwt = if need_dw {
             vec![0f32; wlen]
         } else {
             Vec::new()
         };
+        let mut dyt = need_dw.then(|| Scratch::uninit(og * ncols));
         let mut cols = (!g.is_identity() && need_dw).then(|| Scratch::uninit(kg * ncols));
         let mut dcols = (!g.is_identity() && need_dx).then(|| Scratch::uninit(kg * ncols));
         let first = ci * per_chunk;
@@ -247,33 +266,40 @@ fn gemm_backward(
                 dxi.fill(0.0);
             }
             for gi in 0..d.groups {
-                let dyg = Mat::rows(&dyi[gi * og * ncols..(gi + 1) * og * ncols], og, ncols);
-                let wg = Mat::rows(&w[gi * og * kg..(gi + 1) * og * kg], og, kg);
+                let dyg_data = &dyi[gi * og * ncols..(gi + 1) * og * ncols];
+                let dyg = Mat::rows(dyg_data, og, ncols);
                 let xg = &xi[gi * gplane..(gi + 1) * gplane];
-                if need_dw {
+                if let Some(dyt) = dyt.as_mut() {
                     if let Some(c) = cols.as_mut() {
                         im2col(xg, &g, c);
                     }
                     let cm: &[f32] = cols.as_deref().unwrap_or(xg);
+                    transpose(dyg_data, og, ncols, dyt);
                     sgemm(
-                        &mut dw[gi * og * kg..(gi + 1) * og * kg],
-                        dyg,
-                        Mat::rows(cm, kg, ncols).t(),
+                        &mut dwt[gi * og * kg..(gi + 1) * og * kg],
+                        Mat::rows(cm, kg, ncols),
+                        Mat::rows(dyt, ncols, og),
                         true,
                         gemm_threads,
                     );
                 }
                 if let Some(dxi) = dxi.as_deref_mut() {
                     let dxg = &mut dxi[gi * gplane..(gi + 1) * gplane];
+                    let wtg = Mat::rows(&wt[gi * og * kg..(gi + 1) * og * kg], kg, og);
                     match dcols.as_mut() {
                         Some(dc) => {
-                            sgemm(dc, wg.t(), dyg, false, gemm_threads);
+                            sgemm(dc, wtg, dyg, false, gemm_threads);
                             col2im(dc, &g, dxg);
                         }
-                        None => sgemm(dxg, wg.t(), dyg, false, gemm_threads),
+                        None => sgemm(dxg, wtg, dyg, false, gemm_threads),
                     }
                 }
             }
+        }
+        let mut dw = vec![0f32; dwt.len()];
+        for gi in 0..if need_dw { d.groups } else { 0 } {
+            let r = gi * og * kg..(gi + 1) * og * kg;
+            transpose(&dwt[r.clone()], kg, og, &mut dw[r]);
         }
         dw
     };

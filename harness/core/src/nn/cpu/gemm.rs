@@ -24,17 +24,6 @@ impl<'a> Mat<'a> {
         }
     }
 
-    /// The transpose (a view; nothing moves: gemm reads any strides).
-    pub fn t(self) -> Self {
-        Self {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-
     /// One past the largest index the view reads.
     fn extent(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
@@ -99,5 +88,50 @@ pub(crate) fn sgemm(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, t
             false,
             parallelism,
         )
+    }
+}
+
+/// `dst = src^T` for a row-major `rows x cols` matrix (`dst` is `cols x rows`), in cache-sized
+/// tiles so that neither side is walked with a large stride for long.
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 16;
+    assert!(
+        src.len() >= rows * cols && dst.len() >= rows * cols,
+        "transpose out of bounds"
+    );
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            let c1 = (c0 + TILE).min(cols);
+            for r in r0..r1 {
+                let row = &src[r * cols + c0..r * cols + c1];
+                for (j, &v) in row.iter().enumerate() {
+                    dst[(c0 + j) * rows + r] = v;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_moves_every_value_to_its_mirror() {
+        for (rows, cols) in [(1, 1), (3, 5), (16, 16), (17, 33), (64, 9)] {
+            let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let mut dst = vec![-1f32; rows * cols];
+            transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} at {r},{c}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -126,6 +126,26 @@ fn tensor(data: Vec<f32>, dims: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(data, dims, &candle_core::Device::Cpu)
 }
 
+/// Keeps candle's own element-wise thread pool to the calling thread (`CANDLE_NUM_THREADS=1`)
+/// unless the user set that variable. candle 0.11 runs binary ops (residual adds, the
+/// optimiser's arithmetic) on a second pool beside rayon's, whose workers spin for a while after
+/// every op: on a 2-core machine they take the cores from the rayon workers running the
+/// convolutions, and the caller spins waiting for them (together about a fifth of a ResNet-20
+/// training step here). The element-wise ops are memory-bound and small next to the
+/// convolutions, so one thread loses nothing. Must run before candle's first op, which starts
+/// that pool.
+///
+/// # Safety
+/// Sets an environment variable: call it while the process has a single thread (first thing in
+/// `main`), as for [`std::env::set_var`].
+#[allow(unsafe_code)]
+pub unsafe fn keep_candle_elementwise_on_one_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: the caller guarantees no other thread reads or writes the environment.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
 /// Worker threads that rayon (and so these kernels) use.
 fn threads() -> usize {
     rayon::current_num_threads().max(1)
