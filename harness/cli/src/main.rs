@@ -14,8 +14,12 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     // SAFETY: first statement of main; no other thread exists yet.
     unsafe { harness_core::nn::cpu::keep_candle_elementwise_on_one_thread() };
+    harness_core::nn::cpu::workspace::tune_allocator();
     let cli = cli::Cli::parse();
-    let result = match cli.command {
+    // The command runs on a rayon worker, so the kernels' parallel loops are entered from
+    // inside the pool: no hand-off to the pool and futex wake-up of a blocked main thread for
+    // each of the hundreds of ops of a training step.
+    let result = rayon::scope(|_| match cli.command {
         cli::Command::Run(args) => commands::run::run(args),
         cli::Command::Train(args) => commands::train::run(args),
         cli::Command::Eval(args) => commands::eval::run(args),
@@ -25,6 +29,6 @@ fn main() -> std::process::ExitCode {
         cli::Command::Compare(args) => commands::compare::run(args),
         cli::Command::Bench(args) => commands::bench::run(args),
         cli::Command::Protect(args) => commands::protect::run(args),
-    };
+    });
     exit::report(result)
 }

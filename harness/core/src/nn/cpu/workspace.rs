@@ -110,7 +110,9 @@ pub fn pooled_bytes() -> usize {
 /// free memory at the top of a heap: a training step then reuses the pages of the previous one
 /// instead of page-faulting fresh zeroed memory (about a tenth of the step time otherwise, and
 /// three times fewer page faults measured on ResNet-20). Runs once per process, the first time a
-/// fast kernel is chosen; a no-op off glibc. The cost is a process that keeps its peak heap.
+/// fast kernel is chosen (the harness also calls it first thing in `main`, so that every thread
+/// shares one arena, see below); a no-op off glibc. The cost is a process that keeps its peak
+/// heap.
 pub fn tune_allocator() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -119,15 +121,21 @@ pub fn tune_allocator() {
             // glibc's <malloc.h> parameter numbers.
             const M_TRIM_THRESHOLD: i32 = -1;
             const M_MMAP_THRESHOLD: i32 = -3;
+            const M_ARENA_MAX: i32 = -8;
             unsafe extern "C" {
                 fn mallopt(param: i32, value: i32) -> i32;
             }
             // SAFETY: `mallopt` is glibc's documented, thread-safe tuning entry point; it takes
             // two integers and touches no memory of ours. 32 MiB is glibc's largest accepted
             // mmap threshold on 64-bit targets; a refused value leaves the default in place.
+            // One arena for every thread: a worker thread's own arena grows in 64 MiB heaps
+            // that glibc maps and unmaps as activations come and go (a ResNet-20 step run from
+            // a rayon worker lost half its speed to page faults); the main arena keeps them.
+            // It applies to threads that have not allocated yet, hence the call at start-up.
             unsafe {
                 mallopt(M_MMAP_THRESHOLD, 32 << 20);
                 mallopt(M_TRIM_THRESHOLD, 512 << 20);
+                mallopt(M_ARENA_MAX, 1);
             }
         }
     });
