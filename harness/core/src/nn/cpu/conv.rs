@@ -262,9 +262,6 @@ fn gemm_backward(
             let mut dxi = dx_chunk
                 .as_deref_mut()
                 .map(|c| &mut c[(i - first) * in_img..(i - first + 1) * in_img]);
-            if let (Some(dxi), Some(_)) = (dxi.as_deref_mut(), dcols.as_ref()) {
-                dxi.fill(0.0);
-            }
             for gi in 0..d.groups {
                 let dyg_data = &dyi[gi * og * ncols..(gi + 1) * og * ncols];
                 let dyg = Mat::rows(dyg_data, og, ncols);

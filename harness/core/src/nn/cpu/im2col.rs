@@ -188,14 +188,14 @@ fn im2col_shift(x: &[f32], g: &Geom, cols: &mut [f32]) {
     }
 }
 
-/// Adds the column matrix `cols` back onto the image gradient `dx` (`g.c x g.h x g.w`): the
-/// adjoint of [`im2col`]. `dx` must be zeroed (or hold gradient to add to). The values of
-/// `cols` that [`im2col`] would have read from padding are overwritten with zeros (callers pass
-/// scratch they no longer need).
+/// Writes the image gradient `dx` (`g.c x g.h x g.w`, overwritten) from the column matrix
+/// `cols`: the adjoint of [`im2col`]. The values of `cols` that [`im2col`] would have read from
+/// padding are overwritten with zeros (callers pass scratch they no longer need).
 pub(crate) fn col2im(cols: &mut [f32], g: &Geom, dx: &mut [f32]) {
     if g.is_shift() {
         return col2im_shift(cols, g, dx);
     }
+    dx[..g.c * g.h * g.w].fill(0.0);
     let (h, w, k, s, ho, wo) = (g.h, g.w, g.k, g.stride, g.ho, g.wo);
     let plane = h * w;
     let ncols = ho * wo;
@@ -229,11 +229,14 @@ pub(crate) fn col2im(cols: &mut [f32], g: &Geom, dx: &mut [f32]) {
     }
 }
 
-/// [`col2im`] for a shift geometry: the padding positions of each row are zeroed, then the row
-/// is added onto the plane as one contiguous run.
+/// [`col2im`] for a shift geometry: every row has its padding positions zeroed and is added
+/// onto the plane as one contiguous run; the first row with a run is copied instead (with zeros
+/// around it), which spares zeroing the plane first and keeps the additions in the same order,
+/// so the result is bit for bit that of zeroing and adding.
 fn col2im_shift(cols: &mut [f32], g: &Geom, dx: &mut [f32]) {
     let (plane, k, ncols) = (g.h * g.w, g.k, g.cols());
     for (ci, dp) in dx.chunks_exact_mut(plane).take(g.c).enumerate() {
+        let mut written = false;
         for ki in 0..k {
             for kj in 0..k {
                 let Some(run) = g.shift_run(ki, kj) else {
@@ -242,10 +245,21 @@ fn col2im_shift(cols: &mut [f32], g: &Geom, dx: &mut [f32]) {
                 let r = (ci * k + ki) * k + kj;
                 let row = &mut cols[r * ncols..(r + 1) * ncols];
                 run.clear_wrapped(row, g.wo);
-                for (d, v) in dp[run.src()].iter_mut().zip(&row[run.q0..run.q1]) {
-                    *d += *v;
+                let src = run.src();
+                if written {
+                    for (d, v) in dp[src].iter_mut().zip(&row[run.q0..run.q1]) {
+                        *d += *v;
+                    }
+                } else {
+                    dp[..src.start].fill(0.0);
+                    dp[src.end..].fill(0.0);
+                    dp[src].copy_from_slice(&row[run.q0..run.q1]);
+                    written = true;
                 }
             }
+        }
+        if !written {
+            dp.fill(0.0);
         }
     }
 }
