@@ -2,7 +2,7 @@
 //! custom op with forward and backward.
 //!
 //! Dense and grouped convolutions are matrix products per image and group:
-//! `y = W[O, C*k*k] x cols[C*k*k, Ho*Wo]`, `dW += dY x cols^T`, `dX = col2im(W^T x dY)`.
+//! `y = W[O, C*k*k] x cols[C*k*k, Ho*Wo]`, `dW^T += cols x dY^T`, `dX = col2im(W^T x dY)`.
 //! Images are spread over rayon's threads, one single-threaded gemm per image: the products of
 //! small CIFAR layers (64 x 576 x 64 for ResNet's last stage) are too small to split well, and
 //! per-image work needs no synchronisation except the final sum of per-thread weight gradients.
@@ -229,7 +229,7 @@ fn gemm_backward(
 
     // W^T per group, row-major (kg x og), so the input-gradient product reads its right operand
     // along the contraction (gemm then packs nothing per image).
-    let wt: Vec<f32> = if need_dx && !d.depthwise() {
+    let wt: Vec<f32> = if need_dx {
         let mut t = vec![0f32; wlen];
         for gi in 0..d.groups {
             let r = gi * og * kg..(gi + 1) * og * kg;
@@ -293,15 +293,10 @@ fn gemm_backward(
                 }
             }
         }
-        let mut dw = vec![0f32; dwt.len()];
-        for gi in 0..if need_dw { d.groups } else { 0 } {
-            let r = gi * og * kg..(gi + 1) * og * kg;
-            transpose(&dwt[r.clone()], kg, og, &mut dw[r]);
-        }
-        dw
+        dwt
     };
 
-    // Per-thread partial weight gradients, summed in chunk order: a fixed order keeps training
+    // Per-thread partial weight gradients (transposed), summed in chunk order: a fixed order keeps training
     // bit-reproducible (a rayon `reduce` would group the sums by how work was stolen).
     let (dx, partials): (Option<Vec<f32>>, Vec<Vec<f32>>) = if need_dx {
         let mut dx = vec![0f32; d.n * in_img];
@@ -321,14 +316,22 @@ fn gemm_backward(
             .collect();
         (None, partials)
     };
-    let mut dw = vec![0f32; if need_dw { wlen } else { 0 }];
-    let wanted = dw.len();
-    for p in partials.iter().filter(|p| p.len() == wanted) {
-        for (a, b) in dw.iter_mut().zip(p) {
+    if !need_dw {
+        return (dx, None);
+    }
+    let mut dwt = vec![0f32; wlen];
+    for p in partials.iter().filter(|p| p.len() == wlen) {
+        for (a, b) in dwt.iter_mut().zip(p) {
             *a += *b;
         }
     }
-    (dx, need_dw.then_some(dw))
+    // Back from dW^T (kg x og per group) to the weight's layout, once for the whole batch.
+    let mut dw = vec![0f32; wlen];
+    for gi in 0..d.groups {
+        let r = gi * og * kg..(gi + 1) * og * kg;
+        transpose(&dwt[r.clone()], kg, og, &mut dw[r]);
+    }
+    (dx, Some(dw))
 }
 
 /// Output columns handled by one kernel column, as (first output, count, first input column).
