@@ -435,6 +435,33 @@ fn relu_matches_candle_including_the_gradient_at_zero() {
     );
 }
 
+#[test]
+fn add_relu_matches_candle_add_then_relu_including_sums_at_zero() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let dims = [3, 4, 33, 35];
+    let mut va = values(&random(&mut rng, &dims));
+    let mut vb = values(&random(&mut rng, &dims));
+    // Sums of exactly zero: candle's ReLU passes the gradient there.
+    (va[0], vb[0]) = (0.5, -0.5);
+    (va[1], vb[1]) = (0.0, -0.0);
+    let var = |v: Vec<f32>| {
+        Var::from_tensor(&Tensor::from_vec(v, &dims[..], &Device::Cpu).unwrap()).unwrap()
+    };
+    let (a, b) = (var(va), var(vb));
+    let fast = cpu::add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+    let stock = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+    assert_eq!(values(&fast), values(&stock));
+    let probe = random(&mut rng, fast.dims());
+    let (gf, gs) = (
+        grads(&fast, &probe, &[&a, &b]),
+        grads(&stock, &probe, &[&a, &b]),
+    );
+    for i in 0..2 {
+        assert_eq!(values(&gf[i]), values(&gs[i]), "operand {i}");
+    }
+    assert!(cpu::add_relu(a.as_tensor(), &probe.narrow(3, 0, 34).unwrap()).is_err());
+}
+
 /// Stock candle batch norm in train mode (the formula `ops` used before the fast kernels).
 fn batch_norm_reference(x: &Tensor, weight: &Tensor, bias: &Tensor) -> (Tensor, Tensor, Tensor) {
     let c = x.dim(1).unwrap();

@@ -9,6 +9,11 @@ pub fn relu(xs: &Tensor) -> Result<Tensor> {
     ops::relu(xs)
 }
 
+/// `max(a + b, 0)`, a residual block's output, in one pass where the fast kernels run.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    ops::add_relu(a, b)
+}
+
 /// `min(max(x, 0), 6)`, the clipped ReLU of the original MobileNetV2.
 pub fn relu6(xs: &Tensor) -> Result<Tensor> {
     ops::relu6(xs)

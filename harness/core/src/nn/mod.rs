@@ -15,7 +15,7 @@ pub mod linear;
 pub mod ops;
 pub mod pool;
 
-pub use activation::{Activation, relu, relu6};
+pub use activation::{Activation, add_relu, relu, relu6};
 pub use batch_norm::{BatchNorm2d, batch_norm2d};
 pub use conv::{Conv2d, Conv2dConfig, conv2d, conv2d_no_bias};
 pub use linear::{Linear, linear};

@@ -303,6 +303,15 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     x.relu()
 }
 
+/// `max(a + b, 0)`: a residual block's sum and ReLU, one pass on the CPU kernels (the same
+/// values and gradients as `relu(&(a + b))`).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cpu::applies(&[a, b]) && a.shape() == b.shape() {
+        return cpu::add_relu(a, b);
+    }
+    relu(&(a + b)?)
+}
+
 /// `min(max(x, 0), 6)`.
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
     x.relu()?.minimum(6f32)

@@ -31,8 +31,8 @@ use candle_nn::{Module, ModuleT, VarBuilder};
 
 use super::{Arch, Model, ModelSpec, StageHook, StageInfo, at_stage};
 use crate::nn::{
-    BatchNorm2d, Conv2d, Conv2dConfig, Linear, batch_norm2d, conv2d_no_bias, global_avg_pool2d,
-    linear, relu,
+    BatchNorm2d, Conv2d, Conv2dConfig, Linear, add_relu, batch_norm2d, conv2d_no_bias,
+    global_avg_pool2d, linear,
 };
 
 /// Channels of the three stages.
@@ -78,7 +78,7 @@ impl BasicBlock {
             Some((conv, bn)) => bn.forward_t(&conv.forward(xs)?, train)?,
             None => xs.clone(),
         };
-        relu(&(ys + short)?)
+        add_relu(&ys, &short)
     }
 }
 

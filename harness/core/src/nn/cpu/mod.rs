@@ -15,6 +15,7 @@
 pub mod activation;
 pub mod batch_norm;
 pub mod conv;
+mod elementwise;
 mod gemm;
 mod im2col;
 pub mod pool;
@@ -26,7 +27,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor, bail};
 
-pub use activation::relu;
+pub use activation::{add_relu, relu};
 pub use batch_norm::{BatchNormOutput, batch_norm_eval, batch_norm_train, channel_affine};
 pub use conv::conv2d;
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};
