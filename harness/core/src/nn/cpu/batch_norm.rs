@@ -12,11 +12,13 @@
 //! The fused ReLU recomputes the pre-activation's sign in the backward from the same formula as
 //! the forward, so its gradient at exactly 0 is 1, as candle's `relu` (the stock path).
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use super::elementwise::filled_by;
 use super::{f32_slice, tensor, with_f32};
 
 /// What a train-mode batch norm returns: the output and the batch statistics.
@@ -82,8 +84,8 @@ fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, 
 
 /// Splits `out` (N x C planes of `hw`) into per-channel lists of planes, so that one rayon task
 /// per channel writes its planes without synchronisation.
-fn planes_by_channel(out: &mut [f32], c: usize, hw: usize) -> Vec<Vec<&mut [f32]>> {
-    let mut by: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::new()).collect();
+fn planes_by_channel<T>(out: &mut [T], c: usize, hw: usize) -> Vec<Vec<&mut [T]>> {
+    let mut by: Vec<Vec<&mut [T]>> = (0..c).map(|_| Vec::new()).collect();
     if hw > 0 {
         for (p, plane) in out.chunks_mut(hw).enumerate() {
             by[p % c].push(plane);
@@ -133,37 +135,43 @@ impl CustomOp3 for BnTrain {
             )
         }
         let (x, gamma, beta) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
-        let mut y = vec![0f32; x.len()];
         let relu = self.relu;
         let eps = self.eps;
-        let stats: Vec<(f32, f32, f32)> = planes_by_channel(&mut y, c, hw)
-            .into_par_iter()
-            .enumerate()
-            .map(|(ch, mut outs)| {
-                let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
-                let shift = plane(0)[0];
-                let (mut s, mut ss) = (0f64, 0f64);
-                for i in 0..n {
-                    let p = plane(i);
-                    s += lane_sum(p, |v| v - shift);
-                    ss += lane_sum(p, |v| (v - shift) * (v - shift));
-                }
-                let mf = m as f64;
-                let dmean = s / mf;
-                let var = (ss / mf - dmean * dmean).max(0.0);
-                let mean = f64::from(shift) + dmean;
-                let invstd = 1.0 / (var + eps).sqrt();
-                let a = (f64::from(gamma[ch]) * invstd) as f32;
-                let b = (f64::from(beta[ch]) - mean * f64::from(gamma[ch]) * invstd) as f32;
-                for (i, out) in outs.iter_mut().enumerate() {
-                    for (o, v) in out.iter_mut().zip(plane(i)) {
-                        let t = *v * a + b;
-                        *o = if relu { t.max(0.0) } else { t };
+        let fill = |y: &mut [MaybeUninit<f32>]| -> Vec<(f32, f32, f32)> {
+            planes_by_channel(y, c, hw)
+                .into_par_iter()
+                .enumerate()
+                .map(|(ch, mut outs)| {
+                    let plane = |i: usize| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw];
+                    let shift = plane(0)[0];
+                    let (mut s, mut ss) = (0f64, 0f64);
+                    for i in 0..n {
+                        let p = plane(i);
+                        s += lane_sum(p, |v| v - shift);
+                        ss += lane_sum(p, |v| (v - shift) * (v - shift));
                     }
-                }
-                (mean as f32, var as f32, invstd as f32)
-            })
-            .collect();
+                    let mf = m as f64;
+                    let dmean = s / mf;
+                    let var = (ss / mf - dmean * dmean).max(0.0);
+                    let mean = f64::from(shift) + dmean;
+                    let invstd = 1.0 / (var + eps).sqrt();
+                    let a = (f64::from(gamma[ch]) * invstd) as f32;
+                    let b = (f64::from(beta[ch]) - mean * f64::from(gamma[ch]) * invstd) as f32;
+                    for (i, out) in outs.iter_mut().enumerate() {
+                        for (o, v) in out.iter_mut().zip(plane(i)) {
+                            let t = *v * a + b;
+                            o.write(if relu { t.max(0.0) } else { t });
+                        }
+                    }
+                    (mean as f32, var as f32, invstd as f32)
+                })
+                .collect()
+        };
+        // SAFETY: `check_dims` made `x.len() == n * c * hw`; the output's planes are split
+        // over the channels (every plane to one channel), and each channel's task writes each
+        // of its `n` planes in full (zipped with the input plane of the same length `hw`).
+        #[allow(unsafe_code)]
+        let (y, stats) = unsafe { filled_by(x.len(), fill) };
         let _ = self.stats.set(Stats {
             mean: stats.iter().map(|s| s.0).collect(),
             var: stats.iter().map(|s| s.1).collect(),
@@ -191,52 +199,59 @@ impl CustomOp3 for BnTrain {
             with_f32(gamma, |gs| {
                 with_f32(beta, |bs| {
                     with_f32(dy, |g| {
-                        let mut dx = if need_dx {
-                            vec![0f32; xs.len()]
-                        } else {
-                            Vec::new()
-                        };
-                        let sums: Vec<(f32, f32)> = planes_by_channel(&mut dx, c, hw)
-                            .into_par_iter()
-                            .enumerate()
-                            .map(|(ch, mut outs)| {
-                                let span = |i: usize| (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                                let mean = st.mean[ch];
-                                let invstd = st.invstd[ch];
-                                // The forward's own affine map, to recover the ReLU's mask.
-                                let a = (f64::from(gs[ch]) * f64::from(invstd)) as f32;
-                                let b = (f64::from(bs[ch])
-                                    - f64::from(mean) * f64::from(gs[ch]) * f64::from(invstd))
-                                    as f32;
-                                let mask = |v: f32, d: f32| {
-                                    if relu && v * a + b < 0.0 { 0.0 } else { d }
-                                };
-                                let (mut sdy, mut sdyx) = (0f64, 0f64);
-                                for i in 0..n {
-                                    let (s1, s2) = lane_sum2(&xs[span(i)], &g[span(i)], |v, d| {
-                                        let d = mask(v, d);
-                                        (d, d * (v - mean))
-                                    });
-                                    sdy += s1;
-                                    sdyx += s2;
-                                }
-                                if need_dx {
-                                    let k0 = (sdy / m) as f32;
-                                    let k1 =
-                                        (sdyx / m * f64::from(invstd) * f64::from(invstd)) as f32;
-                                    let scale = gs[ch] * invstd;
-                                    for (i, out) in outs.iter_mut().enumerate() {
-                                        let (xp, gp) = (&xs[span(i)], &g[span(i)]);
-                                        for ((o, v), d) in out.iter_mut().zip(xp).zip(gp) {
-                                            let d = mask(*v, *d);
-                                            *o = (d - k0 - (*v - mean) * k1) * scale;
+                        let run = |dx: &mut [MaybeUninit<f32>]| -> Vec<(f32, f32)> {
+                            planes_by_channel(dx, c, hw)
+                                .into_par_iter()
+                                .enumerate()
+                                .map(|(ch, mut outs)| {
+                                    let span = |i: usize| (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                                    let mean = st.mean[ch];
+                                    let invstd = st.invstd[ch];
+                                    // The forward's own affine map, to recover the ReLU's mask.
+                                    let a = (f64::from(gs[ch]) * f64::from(invstd)) as f32;
+                                    let b = (f64::from(bs[ch])
+                                        - f64::from(mean) * f64::from(gs[ch]) * f64::from(invstd))
+                                        as f32;
+                                    let mask = |v: f32, d: f32| {
+                                        if relu && v * a + b < 0.0 { 0.0 } else { d }
+                                    };
+                                    let (mut sdy, mut sdyx) = (0f64, 0f64);
+                                    for i in 0..n {
+                                        let (s1, s2) =
+                                            lane_sum2(&xs[span(i)], &g[span(i)], |v, d| {
+                                                let d = mask(v, d);
+                                                (d, d * (v - mean))
+                                            });
+                                        sdy += s1;
+                                        sdyx += s2;
+                                    }
+                                    if need_dx {
+                                        let k0 = (sdy / m) as f32;
+                                        let k1 = (sdyx / m * f64::from(invstd) * f64::from(invstd))
+                                            as f32;
+                                        let scale = gs[ch] * invstd;
+                                        for (i, out) in outs.iter_mut().enumerate() {
+                                            let (xp, gp) = (&xs[span(i)], &g[span(i)]);
+                                            for ((o, v), d) in out.iter_mut().zip(xp).zip(gp) {
+                                                let d = mask(*v, *d);
+                                                o.write((d - k0 - (*v - mean) * k1) * scale);
+                                            }
                                         }
                                     }
-                                }
-                                ((sdyx * f64::from(invstd)) as f32, sdy as f32)
-                            })
-                            .collect();
-                        Ok((need_dx.then_some(dx), sums))
+                                    ((sdyx * f64::from(invstd)) as f32, sdy as f32)
+                                })
+                                .collect()
+                        };
+                        if !need_dx {
+                            // No planes to write: only the parameter gradients' sums.
+                            return Ok((None, run(&mut [])));
+                        }
+                        // SAFETY: as in the forward: `check_dims` made `xs.len() == n * c *
+                        // hw`, every plane belongs to one channel, and with `need_dx` each
+                        // channel's task writes each of its planes in full.
+                        #[allow(unsafe_code)]
+                        let (dx, sums) = unsafe { filled_by(xs.len(), run) };
+                        Ok((Some(dx), sums))
                     })
                 })
             })

@@ -13,10 +13,13 @@
 //! Depthwise convolutions (`groups == C_in == C_out`) run as direct loops over each plane: with
 //! one input channel per output a gemm would be 1 x k*k x Ho*Wo per plane, all overhead.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::gemm::{Mat, sgemm, transpose};
+use super::elementwise::filled_by;
+use super::gemm::{Mat, sgemm, sgemm_into, transpose};
 use super::im2col::{Geom, col2im, im2col};
 use super::workspace::Scratch;
 use super::{f32_slice, tensor, threads, with_f32};
@@ -173,13 +176,12 @@ fn gemm_forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
     let g = d.g;
     let (kg, ncols, og) = (g.rows(), g.cols(), d.cout / d.groups);
     let (in_img, out_img) = (d.in_image(), d.out_image());
-    let mut y = vec![0f32; d.n * out_img];
     if out_img == 0 {
-        return y;
+        return vec![0f32; d.n * out_img];
     }
     let t = threads();
     let gemm_threads = if d.n >= t { 1 } else { t };
-    let body = |(i, yi): (usize, &mut [f32])| {
+    let body = |(i, yi): (usize, &mut [MaybeUninit<f32>])| {
         let xi = &x[i * in_img..(i + 1) * in_img];
         let mut cols = (!g.is_identity()).then(|| Scratch::uninit(kg * ncols));
         for gi in 0..d.groups {
@@ -189,21 +191,27 @@ fn gemm_forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
             }
             let cm: &[f32] = cols.as_deref().unwrap_or(xg);
             let wg = &w[gi * og * kg..(gi + 1) * og * kg];
-            sgemm(
+            sgemm_into(
                 &mut yi[gi * og * ncols..(gi + 1) * og * ncols],
                 Mat::rows(wg, og, kg),
                 Mat::rows(cm, kg, ncols),
-                false,
                 gemm_threads,
             );
         }
     };
-    if gemm_threads == 1 {
-        y.par_chunks_mut(out_img).enumerate().for_each(body);
-    } else {
-        y.chunks_mut(out_img).enumerate().for_each(body);
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        if gemm_threads == 1 {
+            y.par_chunks_mut(out_img).enumerate().for_each(body);
+        } else {
+            y.chunks_mut(out_img).enumerate().for_each(body);
+        }
+    };
+    // SAFETY: `fill` hands every image's `out_img` values to `body`, whose products write the
+    // `og * ncols` values of each of the `groups` groups: `cout * ho * wo == out_img` in all.
+    #[allow(unsafe_code)]
+    unsafe {
+        filled_by(d.n * out_img, fill).0
     }
-    y
 }
 
 type Grads = (Option<Vec<f32>>, Option<Vec<f32>>);

@@ -35,6 +35,22 @@ fn build(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> usize + Sy
     out
 }
 
+/// A vector of `len` values that `fill` writes through a view of the unused capacity (for
+/// kernels whose loops cover every output value, e.g. one task per channel).
+///
+/// # Safety
+/// `fill` must write every one of the `len` values of the slice it is given.
+pub(crate) unsafe fn filled_by<R>(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]) -> R,
+) -> (Vec<f32>, R) {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let r = fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the caller guarantees that `fill` wrote every value.
+    unsafe { out.set_len(len) };
+    (out, r)
+}
+
 /// `f(a[i])` for every `i`.
 pub(crate) fn map1(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     build(a.len(), |start, out| {

@@ -2,6 +2,8 @@
 //! column stride) over slices; the only `unsafe` of the convolution kernels.
 #![allow(unsafe_code)]
 
+use std::mem::MaybeUninit;
+
 /// A read-only strided matrix view.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<'a> {
@@ -42,36 +44,79 @@ impl<'a> Mat<'a> {
 /// On mismatched shapes or views that reach past their slices: internal invariants of the
 /// callers, checked here because gemm itself reads raw pointers.
 pub(crate) fn sgemm(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, threads: usize) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "gemm inner dimensions differ");
-    assert!(dst.len() >= m * n, "gemm destination too small");
+    if a.cols == 0 {
+        check(dst.len(), &a, &b);
+        if !accumulate {
+            dst[..a.rows * b.cols].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: `dst` is an initialised, uniquely borrowed slice of `dst.len()` values.
+    unsafe { product(dst.as_mut_ptr(), dst.len(), a, b, accumulate, threads) }
+}
+
+/// `dst = a x b` into uninitialised memory: every value of `dst[..a.rows * b.cols]` is written
+/// (gemm does not read the destination when it does not accumulate).
+///
+/// # Panics
+/// As [`sgemm`].
+pub(crate) fn sgemm_into(dst: &mut [MaybeUninit<f32>], a: Mat<'_>, b: Mat<'_>, threads: usize) {
+    if a.cols == 0 {
+        check(dst.len(), &a, &b);
+        for v in &mut dst[..a.rows * b.cols] {
+            v.write(0.0);
+        }
+        return;
+    }
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the slice is uniquely borrowed and
+    // holds `dst.len()` values; with `accumulate == false` and k > 0 gemm writes every one of
+    // the m x n destination values and reads none.
+    unsafe { product(dst.as_mut_ptr().cast(), dst.len(), a, b, false, threads) }
+}
+
+/// The shape and bounds checks of a product into a destination of `dst_len` values.
+fn check(dst_len: usize, a: &Mat<'_>, b: &Mat<'_>) {
+    assert_eq!(b.rows, a.cols, "gemm inner dimensions differ");
+    assert!(dst_len >= a.rows * b.cols, "gemm destination too small");
     assert!(
         a.extent() <= a.data.len() && b.extent() <= b.data.len(),
         "gemm view out of bounds"
     );
+}
+
+/// Runs gemm for a product with k > 0.
+///
+/// # Safety
+/// `dst` must be valid for writes of `dst_len` f32 values (and for reads, initialised, when
+/// `accumulate`), and alias neither operand.
+unsafe fn product(
+    dst: *mut f32,
+    dst_len: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    accumulate: bool,
+    threads: usize,
+) {
+    check(dst_len, &a, &b);
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
     }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
+    debug_assert!(k > 0);
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every index gemm touches is inside the slices: dst covers m x n row-major
-    // (checked above), and the extents of `a` and `b` (largest row and column offsets) are
-    // within their slices. `dst` is a unique borrow, so it aliases neither input.
+    // SAFETY: every index gemm touches is inside the buffers: dst covers m x n row-major
+    // (checked above against `dst_len`, which the caller vouches for), and the extents of `a`
+    // and `b` (largest row and column offsets) are within their slices.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
