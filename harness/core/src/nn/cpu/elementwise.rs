@@ -17,22 +17,21 @@ const CHUNK: usize = 1 << 15;
 /// Builds a vector of `len` values, each chunk filled by `fill(start, chunk)`, which writes
 /// every value of `chunk` (checked: it returns how many it wrote).
 fn build(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> usize + Sync) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            let n = chunk.len();
-            assert_eq!(
-                fill(i * CHUNK, chunk),
-                n,
-                "element-wise map left values unset"
-            );
-        });
-    // SAFETY: every one of the first `len` values was written (asserted per chunk above; a
-    // panic there propagates before this line, and `out` then drops with length 0).
-    unsafe { out.set_len(len) };
-    out
+    let fill_chunks = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let n = chunk.len();
+                assert_eq!(
+                    fill(i * CHUNK, chunk),
+                    n,
+                    "element-wise map left values unset"
+                );
+            })
+    };
+    // SAFETY: every chunk of the `len` values is written in full (asserted per chunk; a panic
+    // there propagates out of `filled_by` before it sets the length).
+    unsafe { filled_by(len, fill_chunks).0 }
 }
 
 /// A vector of `len` values that `fill` writes through a view of the unused capacity (for
