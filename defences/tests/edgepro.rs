@@ -308,8 +308,10 @@ fn password_files_round_trip_and_every_mistake_is_refused() {
 #[test]
 fn the_locked_model_is_accurate_with_the_password_and_not_without() {
     let f = fixture();
+    // 10 lock-training epochs: after 6 the NLA sat within a point of the bound below, on one
+    // side or the other depending on the order of float sums in the convolution kernels.
     let d = edgepro(EdgeProConfig {
-        epochs: Some(6),
+        epochs: Some(10),
         lr: 0.05,
         latency_runs: 5,
         ..EdgeProConfig::default()

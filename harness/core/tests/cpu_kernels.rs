@@ -151,6 +151,42 @@ fn conv_cases() -> Vec<ConvCase> {
             pad: 1,
             groups: 2,
         },
+        // Stride-1 "same" convolutions take the kernel-row split (tap_rows.rs): a 5x5 kernel on
+        // a non-square plane, and planes one row or one column high, where shifts reach past
+        // the whole row.
+        ConvCase {
+            n: 2,
+            cin: 3,
+            cout: 5,
+            h: 6,
+            w: 9,
+            k: 5,
+            stride: 1,
+            pad: 2,
+            groups: 1,
+        },
+        ConvCase {
+            n: 2,
+            cin: 3,
+            cout: 4,
+            h: 1,
+            w: 7,
+            k: 3,
+            stride: 1,
+            pad: 1,
+            groups: 1,
+        },
+        ConvCase {
+            n: 3,
+            cin: 2,
+            cout: 3,
+            h: 4,
+            w: 1,
+            k: 5,
+            stride: 1,
+            pad: 2,
+            groups: 1,
+        },
     ];
     for _ in 0..40 {
         let groups = [1, 1, 2, 3][rng.random_range(0..4)];

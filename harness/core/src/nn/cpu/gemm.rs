@@ -26,6 +26,17 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// `rows x cols` with rows `rs >= cols` values apart (a block of a wider row-major matrix).
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
     /// One past the largest index the view reads.
     fn extent(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
@@ -74,10 +85,89 @@ pub(crate) fn sgemm_into(dst: &mut [MaybeUninit<f32>], a: Mat<'_>, b: Mat<'_>, t
     unsafe { product(dst.as_mut_ptr().cast(), dst.len(), a, b, false, threads) }
 }
 
+/// `dst = a_1 x b_1 + a_2 x b_2 + ...` into uninitialised memory (`dst` row-major
+/// `a.rows x b.cols`, the same for every term): the first product writes every value, the others
+/// add onto it. A convolution split by kernel row sums one product per row this way.
+///
+/// # Panics
+/// As [`sgemm`], and when `terms` is empty or its shapes differ.
+pub(crate) fn sgemm_sum_into<'a>(
+    dst: &mut [MaybeUninit<f32>],
+    terms: impl IntoIterator<Item = (Mat<'a>, Mat<'a>)>,
+    threads: usize,
+) {
+    let mut terms = terms.into_iter();
+    let (a, b) = terms
+        .next()
+        .expect("sgemm_sum_into needs at least one product");
+    let (m, n) = (a.rows, b.cols);
+    sgemm_into(dst, a, b, threads);
+    // SAFETY: the first product wrote every one of the `m x n` values of `dst` (sgemm_into's
+    // contract), so they are initialised and can be read as f32; the slice stays uniquely
+    // borrowed.
+    let dst: &mut [f32] =
+        unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), m * n) };
+    for (a, b) in terms {
+        assert!(
+            a.rows == m && b.cols == n,
+            "sgemm_sum_into terms differ in shape"
+        );
+        sgemm(dst, a, b, true, threads);
+    }
+}
+
+/// `dst = a x b` (or `+=`) where the destination's rows lie `dst_rs` values apart (a block of a
+/// wider matrix): `dst[i * dst_rs + j]` for `i < a.rows`, `j < b.cols`; values between the rows
+/// are not touched.
+///
+/// # Panics
+/// As [`sgemm`], and when `dst_rs < b.cols`.
+pub(crate) fn sgemm_strided(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(dst_rs >= b.cols, "gemm destination rows overlap");
+    if a.cols == 0 {
+        check_strided(dst.len(), dst_rs, &a, &b);
+        if !accumulate {
+            for i in 0..a.rows {
+                dst[i * dst_rs..i * dst_rs + b.cols].fill(0.0);
+            }
+        }
+        return;
+    }
+    // SAFETY: `dst` is an initialised, uniquely borrowed slice of `dst.len()` values.
+    unsafe {
+        product_strided(
+            dst.as_mut_ptr(),
+            dst.len(),
+            dst_rs,
+            a,
+            b,
+            accumulate,
+            threads,
+        )
+    }
+}
+
 /// The shape and bounds checks of a product into a destination of `dst_len` values.
 fn check(dst_len: usize, a: &Mat<'_>, b: &Mat<'_>) {
+    check_strided(dst_len, b.cols, a, b);
+}
+
+/// [`check`] for a destination whose rows are `dst_rs` apart.
+fn check_strided(dst_len: usize, dst_rs: usize, a: &Mat<'_>, b: &Mat<'_>) {
     assert_eq!(b.rows, a.cols, "gemm inner dimensions differ");
-    assert!(dst_len >= a.rows * b.cols, "gemm destination too small");
+    let extent = if a.rows == 0 || b.cols == 0 {
+        0
+    } else {
+        (a.rows - 1) * dst_rs + b.cols
+    };
+    assert!(dst_len >= extent, "gemm destination too small");
     assert!(
         a.extent() <= a.data.len() && b.extent() <= b.data.len(),
         "gemm view out of bounds"
@@ -97,7 +187,24 @@ unsafe fn product(
     accumulate: bool,
     threads: usize,
 ) {
-    check(dst_len, &a, &b);
+    // SAFETY: forwarded from the caller; a row-major destination has rows `b.cols` apart.
+    unsafe { product_strided(dst, dst_len, b.cols, a, b, accumulate, threads) }
+}
+
+/// [`product`] with the destination's rows `dst_rs >= b.cols` values apart.
+///
+/// # Safety
+/// As [`product`].
+unsafe fn product_strided(
+    dst: *mut f32,
+    dst_len: usize,
+    dst_rs: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    accumulate: bool,
+    threads: usize,
+) {
+    check_strided(dst_len, dst_rs, &a, &b);
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
@@ -108,9 +215,9 @@ unsafe fn product(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every index gemm touches is inside the buffers: dst covers m x n row-major
-    // (checked above against `dst_len`, which the caller vouches for), and the extents of `a`
-    // and `b` (largest row and column offsets) are within their slices.
+    // SAFETY: every index gemm touches is inside the buffers: dst covers m rows of n values,
+    // `dst_rs` apart (checked above against `dst_len`, which the caller vouches for), and the
+    // extents of `a` and `b` (largest row and column offsets) are within their slices.
     unsafe {
         gemm::gemm(
             m,
@@ -118,7 +225,7 @@ unsafe fn product(
             k,
             dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,

@@ -59,7 +59,7 @@ impl Geom {
 
     /// Stride 1 with "same" padding (output as wide as the input): a row of the column matrix
     /// is then the input plane shifted by one offset, so it moves as one contiguous run.
-    fn is_shift(&self) -> bool {
+    pub(crate) fn is_shift(&self) -> bool {
         self.stride == 1 && self.wo == self.w && self.ho == self.h
     }
 
@@ -115,7 +115,7 @@ impl ShiftRun {
 /// Zeroes a slice that is usually empty or one value long (padding 1) without calling memset,
 /// whose call costs more than the store.
 #[inline(always)]
-fn zero_few(s: &mut [f32]) {
+pub(crate) fn zero_few(s: &mut [f32]) {
     match s.len() {
         0 => {}
         1 => s[0] = 0.0,

@@ -19,6 +19,7 @@ mod elementwise;
 mod gemm;
 mod im2col;
 pub mod pool;
+mod tap_rows;
 pub mod workspace;
 
 use std::cell::Cell;
