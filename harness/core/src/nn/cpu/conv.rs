@@ -198,11 +198,7 @@ fn gemm_forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
     let g = d.g;
     let (kg, ncols, og) = (g.rows(), g.cols(), d.cout / d.groups);
     let (in_img, out_img) = (d.in_image(), d.out_image());
-    if out_img == 0 {
-        return vec![0f32; d.n * out_img];
-    }
-    let t = threads();
-    let gemm_threads = if d.n >= t { 1 } else { t };
+    let gemm_threads = image_gemm_threads(d.n);
     let body = |(i, yi): (usize, &mut [MaybeUninit<f32>])| {
         let xi = &x[i * in_img..(i + 1) * in_img];
         let mut cols = (!g.is_identity()).then(|| Scratch::uninit(kg * ncols));
@@ -221,22 +217,117 @@ fn gemm_forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
             );
         }
     };
-    let fill = |y: &mut [MaybeUninit<f32>]| {
-        if gemm_threads == 1 {
-            y.par_chunks_mut(out_img).enumerate().for_each(body);
-        } else {
-            y.chunks_mut(out_img).enumerate().for_each(body);
-        }
-    };
-    // SAFETY: `fill` hands every image's `out_img` values to `body`, whose products write the
-    // `og * ncols` values of each of the `groups` groups: `cout * ho * wo == out_img` in all.
+    // SAFETY: `body`'s products write the `og * ncols` values of each of the `groups` groups:
+    // `cout * ho * wo == out_img` in all.
     #[allow(unsafe_code)]
     unsafe {
-        filled_by(d.n * out_img, fill).0
+        per_image_output(d.n, out_img, body)
     }
 }
 
+/// Threads gemm may use inside one image's products: one when the images run in parallel (at
+/// least as many images as threads), all of them otherwise (batch-1 latency).
+fn image_gemm_threads(n: usize) -> usize {
+    let t = threads();
+    if n >= t { 1 } else { t }
+}
+
+/// The output of a per-image forward pass: `n` images of `out_img` values, `body` called with
+/// each image's index and values, the images in parallel when [`image_gemm_threads`] is one.
+///
+/// # Safety
+/// `body` must write every one of the `out_img` values it is handed.
+#[allow(unsafe_code)]
+unsafe fn per_image_output<F>(n: usize, out_img: usize, body: F) -> Vec<f32>
+where
+    F: Fn((usize, &mut [MaybeUninit<f32>])) + Sync + Send,
+{
+    if out_img == 0 {
+        return Vec::new();
+    }
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        if image_gemm_threads(n) == 1 {
+            y.par_chunks_mut(out_img).enumerate().for_each(&body);
+        } else {
+            y.chunks_mut(out_img).enumerate().for_each(&body);
+        }
+    };
+    // SAFETY: `fill` hands each of the `n` images' `out_img` values to `body`, which writes
+    // every one of them (this function's contract).
+    unsafe { filled_by(n * out_img, fill).0 }
+}
+
 type Grads = (Option<Vec<f32>>, Option<Vec<f32>>);
+
+/// How a backward pass splits the batch: contiguous runs of images, one per thread, each
+/// summing its own weight gradient; gemm splits each product only when there are fewer runs
+/// than threads.
+#[derive(Debug, Clone, Copy)]
+struct Chunks {
+    per_chunk: usize,
+    count: usize,
+    gemm_threads: usize,
+}
+
+impl Chunks {
+    fn new(n: usize) -> Self {
+        let t = threads();
+        let per_chunk = n.div_ceil(t.min(n).max(1)).max(1);
+        let count = n.div_ceil(per_chunk);
+        Self {
+            per_chunk,
+            count,
+            gemm_threads: if count >= t { 1 } else { t },
+        }
+    }
+}
+
+/// Runs `process(chunk, its slice of the input gradient)` over the chunks in parallel and
+/// returns the input gradient (when `need_dx`) and the chunks' weight-gradient partials of
+/// `wlen` values summed (when `need_dw`). The partials are summed in chunk order: a fixed order
+/// keeps training bit-reproducible (a rayon `reduce` would group the sums by how work was
+/// stolen).
+fn run_chunks<F>(
+    n: usize,
+    in_img: usize,
+    wlen: usize,
+    chunks: Chunks,
+    need_dx: bool,
+    need_dw: bool,
+    process: F,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>)
+where
+    F: Fn(usize, Option<&mut [f32]>) -> Vec<f32> + Sync,
+{
+    let (dx, partials): (Option<Vec<f32>>, Vec<Vec<f32>>) = if need_dx {
+        let mut dx = vec![0f32; n * in_img];
+        let partials = if in_img == 0 {
+            Vec::new()
+        } else {
+            dx.par_chunks_mut(chunks.per_chunk * in_img)
+                .enumerate()
+                .map(|(ci, c)| process(ci, Some(c)))
+                .collect()
+        };
+        (Some(dx), partials)
+    } else {
+        let partials = (0..chunks.count)
+            .into_par_iter()
+            .map(|ci| process(ci, None))
+            .collect();
+        (None, partials)
+    };
+    if !need_dw {
+        return (dx, None);
+    }
+    let mut dw = vec![0f32; wlen];
+    for p in partials.iter().filter(|p| p.len() == wlen) {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += *b;
+        }
+    }
+    (dx, Some(dw))
+}
 
 fn gemm_backward(
     d: &Dims,
@@ -250,11 +341,8 @@ fn gemm_backward(
     let (kg, ncols, og) = (g.rows(), g.cols(), d.cout / d.groups);
     let (in_img, out_img) = (d.in_image(), d.out_image());
     let gplane = g.c * g.h * g.w;
-    let t = threads();
-    // Contiguous runs of images, one per thread: each run sums its own weight gradient.
-    let per_chunk = d.n.div_ceil(t.min(d.n).max(1)).max(1);
-    let chunks = d.n.div_ceil(per_chunk);
-    let gemm_threads = if chunks >= t { 1 } else { t };
+    let chunks = Chunks::new(d.n);
+    let (per_chunk, gemm_threads) = (chunks.per_chunk, chunks.gemm_threads);
     let wlen = d.cout * kg;
 
     // W^T per group, row-major (kg x og), so the input-gradient product reads its right operand
@@ -326,35 +414,10 @@ fn gemm_backward(
         dwt
     };
 
-    // Per-thread partial weight gradients (transposed), summed in chunk order: a fixed order keeps training
-    // bit-reproducible (a rayon `reduce` would group the sums by how work was stolen).
-    let (dx, partials): (Option<Vec<f32>>, Vec<Vec<f32>>) = if need_dx {
-        let mut dx = vec![0f32; d.n * in_img];
-        let partials = if in_img == 0 {
-            Vec::new()
-        } else {
-            dx.par_chunks_mut(per_chunk * in_img)
-                .enumerate()
-                .map(|(ci, c)| process(ci, Some(c)))
-                .collect()
-        };
-        (Some(dx), partials)
-    } else {
-        let partials = (0..chunks)
-            .into_par_iter()
-            .map(|ci| process(ci, None))
-            .collect();
-        (None, partials)
-    };
-    if !need_dw {
+    let (dx, dwt) = run_chunks(d.n, in_img, wlen, chunks, need_dx, need_dw, process);
+    let Some(dwt) = dwt else {
         return (dx, None);
-    }
-    let mut dwt = vec![0f32; wlen];
-    for p in partials.iter().filter(|p| p.len() == wlen) {
-        for (a, b) in dwt.iter_mut().zip(p) {
-            *a += *b;
-        }
-    }
+    };
     // Back from dW^T (kg x og per group) to the weight's layout, once for the whole batch.
     let mut dw = vec![0f32; wlen];
     for gi in 0..d.groups {
@@ -393,8 +456,7 @@ fn tap_rows_forward(d: &Dims, t: TapRows, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (kc, ncols, pitch) = (t.rows(), t.cols(), t.pitch());
     let (in_img, out_img) = (d.in_image(), d.out_image());
     let wr = weight_by_kernel_row(w, d.cout, t, false);
-    let threads = threads();
-    let gemm_threads = if d.n >= threads { 1 } else { threads };
+    let gemm_threads = image_gemm_threads(d.n);
     let body = |(i, yi): (usize, &mut [MaybeUninit<f32>])| {
         let mut taps = Scratch::uninit(t.len());
         t.expand(&x[i * in_img..(i + 1) * in_img], &mut taps);
@@ -407,21 +469,10 @@ fn tap_rows_forward(d: &Dims, t: TapRows, x: &[f32], w: &[f32]) -> Vec<f32> {
         });
         sgemm_sum_into(yi, terms, gemm_threads);
     };
-    let fill = |y: &mut [MaybeUninit<f32>]| {
-        if gemm_threads == 1 {
-            y.par_chunks_mut(out_img).enumerate().for_each(body);
-        } else {
-            y.chunks_mut(out_img).enumerate().for_each(body);
-        }
-    };
-    if out_img == 0 {
-        return Vec::new();
-    }
-    // SAFETY: `fill` hands every image's `out_img` values to `body`, whose summed products
-    // write all `cout * h * w == out_img` of them.
+    // SAFETY: `body`'s summed products write all `cout * h * w == out_img` values.
     #[allow(unsafe_code)]
     unsafe {
-        filled_by(d.n * out_img, fill).0
+        per_image_output(d.n, out_img, body)
     }
 }
 
@@ -439,10 +490,8 @@ fn tap_rows_backward(
 ) -> Grads {
     let (k, kc, ncols, pitch, cout) = (t.k(), t.rows(), t.cols(), t.pitch(), d.cout);
     let (in_img, out_img) = (d.in_image(), d.out_image());
-    let threads = threads();
-    let per_chunk = d.n.div_ceil(threads.min(d.n).max(1)).max(1);
-    let chunks = d.n.div_ceil(per_chunk);
-    let gemm_threads = if chunks >= threads { 1 } else { threads };
+    let chunks = Chunks::new(d.n);
+    let (per_chunk, gemm_threads) = (chunks.per_chunk, chunks.gemm_threads);
     let wlen = w.len();
     let wrt = if need_dx {
         weight_by_kernel_row(w, cout, t, true)
@@ -501,34 +550,11 @@ fn tap_rows_backward(
         dwt
     };
 
-    let (dx, partials): (Option<Vec<f32>>, Vec<Vec<f32>>) = if need_dx {
-        let mut dx = vec![0f32; d.n * in_img];
-        let partials = if in_img == 0 {
-            Vec::new()
-        } else {
-            dx.par_chunks_mut(per_chunk * in_img)
-                .enumerate()
-                .map(|(ci, c)| process(ci, Some(c)))
-                .collect()
-        };
-        (Some(dx), partials)
-    } else {
-        let partials = (0..chunks)
-            .into_par_iter()
-            .map(|ci| process(ci, None))
-            .collect();
-        (None, partials)
-    };
-    if !need_dw {
+    let (dx, dwt) = run_chunks(d.n, in_img, wlen, chunks, need_dx, need_dw, process);
+    let Some(dwt) = dwt else {
         return (dx, None);
-    }
-    // Summed in chunk order (bit-reproducible), then back to O x C x k x k.
-    let mut dwt = vec![0f32; wlen];
-    for p in partials.iter().filter(|p| p.len() == wlen) {
-        for (a, b) in dwt.iter_mut().zip(p) {
-            *a += *b;
-        }
-    }
+    };
+    // Back from dW_ki^T (C*k x O per kernel row) to O x C x k x k.
     let mut dw = vec![0f32; wlen];
     for (co, wo) in dw.chunks_exact_mut(kc * k).enumerate() {
         for (r, taps) in wo.chunks_exact_mut(k).enumerate() {
