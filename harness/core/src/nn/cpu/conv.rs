@@ -19,6 +19,7 @@
 //! one input channel per output a gemm would be 1 x k*k x Ho*Wo per plane, all overhead.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -282,9 +283,9 @@ impl Chunks {
     }
 }
 
-/// Runs `process(chunk, its slice of the input gradient)` over the chunks in parallel and
-/// returns the input gradient (when `need_dx`) and the chunks' weight-gradient partials of
-/// `wlen` values summed (when `need_dw`). The partials are summed in chunk order: a fixed order
+/// Runs `process(the chunk's images, their slice of the input gradient)` over the chunks in
+/// parallel and returns the input gradient (when `need_dx`) and the chunks' weight-gradient
+/// partials of `wlen` values summed (when `need_dw`). The partials are summed in chunk order: a fixed order
 /// keeps training bit-reproducible (a rayon `reduce` would group the sums by how work was
 /// stolen).
 fn run_chunks<F>(
@@ -297,8 +298,9 @@ fn run_chunks<F>(
     process: F,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>)
 where
-    F: Fn(usize, Option<&mut [f32]>) -> Vec<f32> + Sync,
+    F: Fn(Range<usize>, Option<&mut [f32]>) -> Vec<f32> + Sync,
 {
+    let images = |ci: usize| ci * chunks.per_chunk..((ci + 1) * chunks.per_chunk).min(n);
     let (dx, partials): (Option<Vec<f32>>, Vec<Vec<f32>>) = if need_dx {
         let mut dx = vec![0f32; n * in_img];
         let partials = if in_img == 0 {
@@ -306,14 +308,14 @@ where
         } else {
             dx.par_chunks_mut(chunks.per_chunk * in_img)
                 .enumerate()
-                .map(|(ci, c)| process(ci, Some(c)))
+                .map(|(ci, c)| process(images(ci), Some(c)))
                 .collect()
         };
         (Some(dx), partials)
     } else {
         let partials = (0..chunks.count)
             .into_par_iter()
-            .map(|ci| process(ci, None))
+            .map(|ci| process(images(ci), None))
             .collect();
         (None, partials)
     };
@@ -342,7 +344,7 @@ fn gemm_backward(
     let (in_img, out_img) = (d.in_image(), d.out_image());
     let gplane = g.c * g.h * g.w;
     let chunks = Chunks::new(d.n);
-    let (per_chunk, gemm_threads) = (chunks.per_chunk, chunks.gemm_threads);
+    let gemm_threads = chunks.gemm_threads;
     let wlen = d.cout * kg;
 
     // W^T per group, row-major (kg x og), so the input-gradient product reads its right operand
@@ -358,7 +360,7 @@ fn gemm_backward(
         Vec::new()
     };
 
-    let process = |ci: usize, mut dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
+    let process = |images: Range<usize>, mut dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
         // The weight gradient is accumulated transposed, dW^T (kg x og per group) += cols x
         // dY^T, with dY^T made per image: gemm wants its left operand contiguous along the
         // output rows, and both dY and cols are contiguous along the contraction (the output
@@ -372,9 +374,8 @@ fn gemm_backward(
         let mut dyt = need_dw.then(|| Scratch::uninit(og * ncols));
         let mut cols = (!g.is_identity() && need_dw).then(|| Scratch::uninit(kg * ncols));
         let mut dcols = (!g.is_identity() && need_dx).then(|| Scratch::uninit(kg * ncols));
-        let first = ci * per_chunk;
-        let last = ((ci + 1) * per_chunk).min(d.n);
-        for i in first..last {
+        let first = images.start;
+        for i in images {
             let xi = &x[i * in_img..(i + 1) * in_img];
             let dyi = &dy[i * out_img..(i + 1) * out_img];
             let mut dxi = dx_chunk
@@ -491,7 +492,7 @@ fn tap_rows_backward(
     let (k, kc, ncols, pitch, cout) = (t.k(), t.rows(), t.cols(), t.pitch(), d.cout);
     let (in_img, out_img) = (d.in_image(), d.out_image());
     let chunks = Chunks::new(d.n);
-    let (per_chunk, gemm_threads) = (chunks.per_chunk, chunks.gemm_threads);
+    let gemm_threads = chunks.gemm_threads;
     let wlen = w.len();
     let wrt = if need_dx {
         weight_by_kernel_row(w, cout, t, true)
@@ -504,7 +505,7 @@ fn tap_rows_backward(
         .chain((0..k).filter(|&ki| ki != k / 2))
         .collect();
 
-    let process = |ci: usize, mut dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
+    let process = |images: Range<usize>, mut dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
         // dW^T per kernel row (C*k x O), summed over this chunk's images.
         let mut dwt = if need_dw {
             vec![0f32; wlen]
@@ -514,9 +515,8 @@ fn tap_rows_backward(
         let mut dyt = need_dw.then(|| Scratch::uninit(cout * ncols));
         let mut taps = need_dw.then(|| Scratch::uninit(t.len()));
         let mut dtaps = need_dx.then(|| Scratch::uninit(t.len()));
-        let first = ci * per_chunk;
-        let last = ((ci + 1) * per_chunk).min(d.n);
-        for i in first..last {
+        let first = images.start;
+        for i in images {
             let dyi = &dy[i * out_img..(i + 1) * out_img];
             if let (Some(dyt), Some(taps)) = (dyt.as_mut(), taps.as_mut()) {
                 t.expand(&x[i * in_img..(i + 1) * in_img], taps);

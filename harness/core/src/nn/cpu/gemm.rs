@@ -55,15 +55,7 @@ impl<'a> Mat<'a> {
 /// On mismatched shapes or views that reach past their slices: internal invariants of the
 /// callers, checked here because gemm itself reads raw pointers.
 pub(crate) fn sgemm(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, threads: usize) {
-    if a.cols == 0 {
-        check(dst.len(), &a, &b);
-        if !accumulate {
-            dst[..a.rows * b.cols].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: `dst` is an initialised, uniquely borrowed slice of `dst.len()` values.
-    unsafe { product(dst.as_mut_ptr(), dst.len(), a, b, accumulate, threads) }
+    sgemm_strided(dst, b.cols, a, b, accumulate, threads);
 }
 
 /// `dst = a x b` into uninitialised memory: every value of `dst[..a.rows * b.cols]` is written
@@ -73,7 +65,7 @@ pub(crate) fn sgemm(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, t
 /// As [`sgemm`].
 pub(crate) fn sgemm_into(dst: &mut [MaybeUninit<f32>], a: Mat<'_>, b: Mat<'_>, threads: usize) {
     if a.cols == 0 {
-        check(dst.len(), &a, &b);
+        check(dst.len(), b.cols, &a, &b);
         for v in &mut dst[..a.rows * b.cols] {
             v.write(0.0);
         }
@@ -82,7 +74,17 @@ pub(crate) fn sgemm_into(dst: &mut [MaybeUninit<f32>], a: Mat<'_>, b: Mat<'_>, t
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the slice is uniquely borrowed and
     // holds `dst.len()` values; with `accumulate == false` and k > 0 gemm writes every one of
     // the m x n destination values and reads none.
-    unsafe { product(dst.as_mut_ptr().cast(), dst.len(), a, b, false, threads) }
+    unsafe {
+        product(
+            dst.as_mut_ptr().cast(),
+            dst.len(),
+            b.cols,
+            a,
+            b,
+            false,
+            threads,
+        )
+    }
 }
 
 /// `dst = a_1 x b_1 + a_2 x b_2 + ...` into uninitialised memory (`dst` row-major
@@ -132,7 +134,7 @@ pub(crate) fn sgemm_strided(
 ) {
     assert!(dst_rs >= b.cols, "gemm destination rows overlap");
     if a.cols == 0 {
-        check_strided(dst.len(), dst_rs, &a, &b);
+        check(dst.len(), dst_rs, &a, &b);
         if !accumulate {
             for i in 0..a.rows {
                 dst[i * dst_rs..i * dst_rs + b.cols].fill(0.0);
@@ -142,7 +144,7 @@ pub(crate) fn sgemm_strided(
     }
     // SAFETY: `dst` is an initialised, uniquely borrowed slice of `dst.len()` values.
     unsafe {
-        product_strided(
+        product(
             dst.as_mut_ptr(),
             dst.len(),
             dst_rs,
@@ -154,13 +156,9 @@ pub(crate) fn sgemm_strided(
     }
 }
 
-/// The shape and bounds checks of a product into a destination of `dst_len` values.
-fn check(dst_len: usize, a: &Mat<'_>, b: &Mat<'_>) {
-    check_strided(dst_len, b.cols, a, b);
-}
-
-/// [`check`] for a destination whose rows are `dst_rs` apart.
-fn check_strided(dst_len: usize, dst_rs: usize, a: &Mat<'_>, b: &Mat<'_>) {
+/// The shape and bounds checks of a product into a destination of `dst_len` values whose rows
+/// are `dst_rs` apart.
+fn check(dst_len: usize, dst_rs: usize, a: &Mat<'_>, b: &Mat<'_>) {
     assert_eq!(b.rows, a.cols, "gemm inner dimensions differ");
     let extent = if a.rows == 0 || b.cols == 0 {
         0
@@ -174,28 +172,13 @@ fn check_strided(dst_len: usize, dst_rs: usize, a: &Mat<'_>, b: &Mat<'_>) {
     );
 }
 
-/// Runs gemm for a product with k > 0.
+/// Runs gemm for a product with k > 0 into a destination whose rows are `dst_rs >= b.cols`
+/// values apart.
 ///
 /// # Safety
 /// `dst` must be valid for writes of `dst_len` f32 values (and for reads, initialised, when
 /// `accumulate`), and alias neither operand.
 unsafe fn product(
-    dst: *mut f32,
-    dst_len: usize,
-    a: Mat<'_>,
-    b: Mat<'_>,
-    accumulate: bool,
-    threads: usize,
-) {
-    // SAFETY: forwarded from the caller; a row-major destination has rows `b.cols` apart.
-    unsafe { product_strided(dst, dst_len, b.cols, a, b, accumulate, threads) }
-}
-
-/// [`product`] with the destination's rows `dst_rs >= b.cols` values apart.
-///
-/// # Safety
-/// As [`product`].
-unsafe fn product_strided(
     dst: *mut f32,
     dst_len: usize,
     dst_rs: usize,
@@ -204,7 +187,7 @@ unsafe fn product_strided(
     accumulate: bool,
     threads: usize,
 ) {
-    check_strided(dst_len, dst_rs, &a, &b);
+    check(dst_len, dst_rs, &a, &b);
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
