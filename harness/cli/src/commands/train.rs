@@ -85,6 +85,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .save(&args.out)
         .with_context(|| format!("failed to save the weights to {}", args.out.display()))?;
 
+    // A resumed run's `train_seconds` covers this process only; the history covers every epoch,
+    // so the whole run's cost is summed from it (a run carried over several sessions).
+    let all_epochs_train_seconds: f64 = report.history.iter().map(|e| e.seconds).sum();
+    let all_epochs_eval_seconds: f64 = report
+        .history
+        .iter()
+        .filter_map(|e| e.eval.as_ref().map(|r| r.seconds))
+        .sum();
     let result = json!({
         "command": "train",
         "dataset": train_data.id.id(),
@@ -101,6 +109,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "train_seconds": report.train_seconds,
         "images_per_second": report.images_per_second,
         "resumed_from_epoch": report.resumed_from_epoch,
+        "all_epochs_train_seconds": all_epochs_train_seconds,
+        "all_epochs_eval_seconds": all_epochs_eval_seconds,
         "data_load_seconds": train_data.seconds + test_data.seconds,
         "wall_seconds": wall.elapsed().as_secs_f64(),
         "seed": args.seed,
@@ -115,12 +125,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         print_json(&result)?;
     } else {
         println!(
-            "test accuracy {:.4} (top-5 {:.4}) on {} images; {} epochs on {} images in {:.1} s ({:.0} img/s)",
+            "test accuracy {:.4} (top-5 {:.4}) on {} images; {} epochs on {} images in {:.1} s of training",
             eval.top1,
             eval.top5,
             eval.images,
             report.history.len(),
             train_set.len(),
+            all_epochs_train_seconds,
+        );
+        if report.resumed_from_epoch > 0 {
+            print!("resumed after epoch {}: ", report.resumed_from_epoch);
+        }
+        println!(
+            "this process trained {} epochs in {:.1} s ({:.0} img/s)",
+            report.history.len() - report.resumed_from_epoch,
             report.train_seconds,
             report.images_per_second
         );
