@@ -27,6 +27,16 @@ pub struct Provenance {
 }
 
 impl Provenance {
+    /// `VERSION+GIT PROFILE` of this binary: the short tag stored with every trained epoch.
+    pub fn build_tag() -> String {
+        format!(
+            "{}+{} {}",
+            env!("CARGO_PKG_VERSION"),
+            env!("PROTBENCH_GIT"),
+            env!("PROTBENCH_PROFILE")
+        )
+    }
+
     /// Collects the facts for a run on `device`.
     pub fn collect(device: &candle_core::Device) -> Self {
         let cpu_features = cpu_features();

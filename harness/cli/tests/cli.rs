@@ -96,6 +96,10 @@ fn same_seed_same_result_and_checkpoint_resume_is_a_no_op() {
     let again = run("a.safetensors", 5);
     assert_eq!(again["resumed_from_epoch"], 1);
     assert_eq!(again["test_loss"], a["test_loss"]);
+    // Every epoch names the build that ran it (version and the provenance's git commit).
+    let build = a["history"][0]["build"].as_str().unwrap();
+    let git = a["provenance"]["git"].as_str().unwrap();
+    assert!(build.contains(git), "{build} should name {git}");
     // The whole run's training time survives the resume; this process's time is nil.
     assert_eq!(again["train_seconds"].as_f64(), Some(0.0));
     assert!(a["all_epochs_train_seconds"].as_f64().unwrap() > 0.0);

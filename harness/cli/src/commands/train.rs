@@ -63,6 +63,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         log_epochs: progress,
         checkpoint: args.checkpoint.clone(),
         eval_set: args.eval_every_epoch.then_some(&test_set),
+        build: Some(Provenance::build_tag()),
         ..TrainOptions::default()
     };
     let report = train(

@@ -73,6 +73,9 @@ pub struct TrainOptions<'a> {
     /// Stop after this many epochs in this process (with a checkpoint, a later call resumes):
     /// for time-sliced jobs on preemptible machines.
     pub stop_after_epochs: Option<usize>,
+    /// Names the build running this process (version and git commit), stored with every epoch:
+    /// a run resumed on another build then says which epochs ran on which.
+    pub build: Option<String>,
 }
 
 /// What happened in one epoch.
@@ -92,6 +95,9 @@ pub struct EpochStats {
     pub images_per_second: f64,
     /// Evaluation after the epoch, when an eval set was given.
     pub eval: Option<EvalReport>,
+    /// The build that ran the epoch ([`TrainOptions::build`]), when the caller named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 /// The outcome of a run: per-epoch history and overall throughput.
@@ -247,6 +253,7 @@ pub fn train(
             seconds,
             images_per_second: seen as f64 / seconds.max(1e-9),
             eval,
+            build: opts.build.clone(),
         };
         if opts.log_epochs {
             eprintln!("{}", format_epoch(&stats, cfg.epochs));
