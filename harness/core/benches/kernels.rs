@@ -1,6 +1,8 @@
 //! Convolution forward and forward + backward at ResNet-20's layer shapes (batch 128), stock
-//! candle against the fast CPU kernels, plus the fused batch norm + ReLU. Few samples, so the
-//! whole run takes about a minute; the machines are shared, so compare only within one run.
+//! candle against the fast CPU kernels, plus the fused batch norm + ReLU, plus the single-thread
+//! rate of the matrix products the kernel-row convolutions make per image (throughput in
+//! "elements" is flops: criterion's Gelem/s reads as GFLOP/s). Few samples, so the whole run
+//! takes about a minute; the machines are shared, so compare only within one run.
 //!
 //! `cargo bench -p harness-core --bench kernels`
 
@@ -10,7 +12,7 @@
 )]
 
 use candle_core::{Device, Tensor, Var};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use harness_core::nn::{cpu, ops};
 
 /// (name, in channels, out channels, input side, kernel, stride, padding).
@@ -80,7 +82,67 @@ fn batch_norm(c: &mut Criterion) -> candle_core::Result<()> {
     Ok(())
 }
 
+/// One image's products in a 3x3 stride-1 convolution of ResNet-20's three stages, done as k
+/// kernel-row products (`tap_rows.rs`): forward `W_ki[O, 3C] x taps[3C, P]`, weight gradient
+/// `dY[O, P] x taps^T[P, 3C]`, input gradient `W_ki^T[3C, O] x dY[O, P]`. Shows where the
+/// products run below the micro-kernels' rate (few output channels: each packed input value
+/// serves only O rows).
+#[allow(
+    unsafe_code,
+    reason = "gemm's entry point is unsafe; the crate's safe wrapper is private"
+)]
+fn products(c: &mut Criterion) {
+    let mut group = c.benchmark_group("gemm per image, 1 thread");
+    group.sample_size(10);
+    group.warm_up_time(std::time::Duration::from_millis(200));
+    group.measurement_time(std::time::Duration::from_secs(1));
+    for (channels, side) in [(16usize, 32usize), (32, 16), (64, 8)] {
+        let (o, k, p) = (channels, 3 * channels, side * side);
+        for (what, m, kk, n) in [
+            ("forward", o, k, p),
+            ("weight grad", o, p, k),
+            ("input grad", k, o, p),
+        ] {
+            let a: Vec<f32> = (0..m * kk).map(|i| (i % 7) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..kk * n).map(|i| (i % 5) as f32 * 0.1).collect();
+            let mut dst = vec![0f32; m * n];
+            group.throughput(Throughput::Elements((2 * m * kk * n) as u64));
+            group.bench_function(format!("{what} {m}x{kk}x{n}"), |bench| {
+                bench.iter(|| {
+                    // SAFETY: row-major operands and destination of exactly the sizes given,
+                    // distinct allocations.
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            n,
+                            kk,
+                            dst.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            false,
+                            a.as_ptr(),
+                            1,
+                            kk as isize,
+                            b.as_ptr(),
+                            1,
+                            n as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn all(c: &mut Criterion) {
+    products(c);
     if let Err(e) = conv(c).and_then(|()| batch_norm(c)) {
         eprintln!("benchmark setup failed: {e}");
     }
