@@ -27,14 +27,9 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// `VERSION+GIT PROFILE` of this binary: the short tag stored with every trained epoch.
-    pub fn build_tag() -> String {
-        format!(
-            "{}+{} {}",
-            env!("CARGO_PKG_VERSION"),
-            env!("PROTBENCH_GIT"),
-            env!("PROTBENCH_PROFILE")
-        )
+    /// `VERSION+GIT PROFILE`: the short tag stored with every trained epoch.
+    pub fn build_tag(&self) -> String {
+        format!("{}+{} {}", self.harness_version, self.git, self.profile)
     }
 
     /// Collects the facts for a run on `device`.

@@ -84,9 +84,8 @@ fn batch_norm(c: &mut Criterion) -> candle_core::Result<()> {
 
 /// One image's products in a 3x3 stride-1 convolution of ResNet-20's three stages, done as k
 /// kernel-row products (`tap_rows.rs`): forward `W_ki[O, 3C] x taps[3C, P]`, weight gradient
-/// `dY[O, P] x taps^T[P, 3C]`, input gradient `W_ki^T[3C, O] x dY[O, P]`. Shows where the
-/// products run below the micro-kernels' rate (few output channels: each packed input value
-/// serves only O rows).
+/// `dY[O, P] x taps^T[P, 3C]`, input gradient `W_ki^T[3C, O] x dY[O, P]`. Says whether a
+/// stage's products are too small or too thin to run at the rate of the others.
 #[allow(
     unsafe_code,
     reason = "gemm's entry point is unsafe; the crate's safe wrapper is private"

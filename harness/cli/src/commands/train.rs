@@ -58,12 +58,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             test_set.len()
         );
     }
+    let provenance = Provenance::collect(&device);
     let opts = TrainOptions {
         progress,
         log_epochs: progress,
         checkpoint: args.checkpoint.clone(),
         eval_set: args.eval_every_epoch.then_some(&test_set),
-        build: Some(Provenance::build_tag()),
+        build: Some(provenance.build_tag()),
         ..TrainOptions::default()
     };
     let report = train(
@@ -118,7 +119,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "config": cfg,
         "history": report.history,
         "weights": args.out,
-        "provenance": Provenance::collect(&device),
+        "provenance": provenance,
     });
     let card = args.out.with_extension("json");
     write_json_atomically(&card, &result)?;
