@@ -304,3 +304,22 @@ fn format_epoch(s: &EpochStats, epochs: usize) -> String {
     }
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_saved_before_the_build_tag_still_load_and_tagged_ones_round_trip() {
+        // Epoch 1 of results/summaries/resnet20-cifar10/run3-cosine-200ep.json, as its
+        // checkpoint stored it before epochs named their build.
+        let old = r#"{"epoch":1,"eval":{"images":10000,"loss":1.912293553352356,"seconds":4.627600168,"top1":0.4215,"top5":0.9079},"images_per_second":579.4278911110403,"lr":0.1,"seconds":86.292014532,"train_accuracy":0.42328,"train_loss":1.5599911445236203}"#;
+        let mut stats: EpochStats = serde_json::from_str(old).expect("old history must load");
+        assert_eq!(stats.build, None);
+        assert_eq!(stats.eval.as_ref().map(|e| e.top1), Some(0.4215));
+        stats.build = Some("0.1.0+547e9e68365e release".into());
+        let json = serde_json::to_string(&stats).expect("encodes");
+        let back: EpochStats = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(back, stats);
+    }
+}
