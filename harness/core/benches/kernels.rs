@@ -86,10 +86,6 @@ fn batch_norm(c: &mut Criterion) -> candle_core::Result<()> {
 /// kernel-row products (`tap_rows.rs`): forward `W_ki[O, 3C] x taps[3C, P]`, weight gradient
 /// `dY[O, P] x taps^T[P, 3C]`, input gradient `W_ki^T[3C, O] x dY[O, P]`. Says whether a
 /// stage's products are too small or too thin to run at the rate of the others.
-#[allow(
-    unsafe_code,
-    reason = "gemm's entry point is unsafe; the crate's safe wrapper is private"
-)]
 fn products(c: &mut Criterion) {
     let mut group = c.benchmark_group("gemm per image, 1 thread");
     group.sample_size(10);
@@ -107,33 +103,7 @@ fn products(c: &mut Criterion) {
             let mut dst = vec![0f32; m * n];
             group.throughput(Throughput::Elements((2 * m * kk * n) as u64));
             group.bench_function(format!("{what} {m}x{kk}x{n}"), |bench| {
-                bench.iter(|| {
-                    // SAFETY: row-major operands and destination of exactly the sizes given,
-                    // distinct allocations.
-                    unsafe {
-                        gemm::gemm(
-                            m,
-                            n,
-                            kk,
-                            dst.as_mut_ptr(),
-                            1,
-                            n as isize,
-                            false,
-                            a.as_ptr(),
-                            1,
-                            kk as isize,
-                            b.as_ptr(),
-                            1,
-                            n as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        )
-                    }
-                })
+                bench.iter(|| cpu::matmul_one_thread(&mut dst, &a, &b, m, kk, n))
             });
         }
     }

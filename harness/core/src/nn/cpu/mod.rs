@@ -33,6 +33,21 @@ pub use batch_norm::{BatchNormOutput, batch_norm_eval, batch_norm_train, channel
 pub use conv::conv2d;
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};
 
+/// `dst = a x b` for row-major `m x k` and `k x n` slices on one thread, through the checked
+/// gemm wrapper the convolutions use: lets a benchmark measure the products they make.
+///
+/// # Panics
+/// When a slice is shorter than its shape says.
+pub fn matmul_one_thread(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    gemm::sgemm(
+        dst,
+        gemm::Mat::rows(a, m, k),
+        gemm::Mat::rows(b, k, n),
+        false,
+        1,
+    );
+}
+
 /// Global switch: 0 = not set (use the environment), 1 = on, 2 = off.
 static GLOBAL: AtomicU8 = AtomicU8::new(0);
 
