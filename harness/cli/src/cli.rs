@@ -239,10 +239,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub profile: Option<String>,
     /// Run only shard I of N (1-based, e.g. 2/4): cells are assigned to shards by a hash of their
-    /// id, so N machines (CI matrix jobs, Slurm or Kubernetes array tasks) split one matrix.
+    /// id, so N machines (CI matrix jobs, Slurm or Kubernetes array tasks) split one matrix. A
+    /// shard writes RESULTS/<run-id>-shard-IofN/; `harness merge` joins the shards.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// Results root; the run writes RESULTS/<run-id>/ and caches victims in RESULTS/cache/.
+    /// Results root; the run writes RESULTS/<run-id>/ and caches victims in RESULTS/cache/. A
+    /// run holds a lock on its folder: a second run of the same matrix into it is refused.
     #[arg(long, default_value = "results", value_name = "DIR")]
     pub results: PathBuf,
     /// Root folder holding the datasets (default: $HARNESS_DATA, else ~/.cache/protbench/data).
@@ -261,9 +263,16 @@ pub struct MergeArgs {
     /// Run folders (each holding records.jsonl and run.json) to join.
     #[arg(required = true, value_name = "RUN_DIR")]
     pub runs: Vec<PathBuf>,
-    /// The merged run folder to write.
+    /// The merged run folder to write. It must not exist yet (see --force).
     #[arg(long, value_name = "DIR")]
     pub into: PathBuf,
+    /// Replace the outputs of an existing --into folder.
+    #[arg(long)]
+    pub force: bool,
+    /// Accept an incomplete merge (shards missing, or cells a shard did not finish): the outputs
+    /// are written either way, but without this flag the command then exits 1.
+    #[arg(long)]
+    pub partial: bool,
 }
 
 /// `harness compare`.

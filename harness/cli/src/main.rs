@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod device;
 mod exit;
+mod lock;
 mod matrix;
 mod provenance;
 

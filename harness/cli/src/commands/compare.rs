@@ -5,13 +5,28 @@
 use serde_json::json;
 
 use crate::cli::CompareArgs;
-use crate::matrix::compare::{Tolerances, compare, load_records, table};
+use crate::matrix::compare::{Tolerances, compare, config_hashes, load_records, table};
 
 /// Runs the command.
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let tolerances = Tolerances::parse(&args.tolerance)?;
     let base = load_records(&args.base)?;
     let new = load_records(&args.new)?;
+    let (hb, hn) = (config_hashes(&base), config_hashes(&new));
+    if hb != hn {
+        let show = |h: &std::collections::BTreeSet<String>| {
+            h.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
+        eprintln!(
+            "note: the two runs were made by different matrices or profiles (configuration hash \
+             {} in {}, {} in {}): their cells are compared by name, but equal names may mean \
+             different recipes, data sizes or budgets",
+            show(&hb),
+            args.base.display(),
+            show(&hn),
+            args.new.display()
+        );
+    }
     let rows = compare(&base, &new, &tolerances);
     for m in tolerances.overrides.keys() {
         if !rows.iter().any(|r| &r.metric == m) {

@@ -6,7 +6,13 @@
 //! same cell and metric seen twice keeps the `ok` one; two `ok` rows that disagree are an error,
 //! except for timing metrics (`*seconds*`, `latency*`), which differ from one execution to the
 //! next: the first is kept with a warning. Error rows of a cell that has `ok` rows elsewhere are
-//! dropped. The command exits 1 when error rows remain (after writing the outputs).
+//! dropped. Each run contributes the latest state of its cells (a cell that failed and later
+//! succeeded in one run counts as succeeded). `--into` must not exist unless `--force`.
+//!
+//! A merge says when it is incomplete: shards of the matrix that were not given, and runs that
+//! hold fewer finished cells than their shard has (a run cut short or still going). The outputs
+//! are written either way; the command then exits 1 unless `--partial`. It also exits 1 when
+//! error rows remain.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -17,7 +23,7 @@ use serde_json::Value;
 use crate::cli::MergeArgs;
 use crate::exit::UsageError;
 use crate::matrix::compare::is_derived;
-use crate::matrix::records::{Record, read_jsonl};
+use crate::matrix::records::{Record, finished_cells, latest, read_jsonl};
 use crate::matrix::report;
 
 type CellKey = (String, String, String, String, u64);
@@ -55,7 +61,7 @@ fn read_run(dir: &Path) -> anyhow::Result<(Value, String, Vec<Record>)> {
         .and_then(Value::as_str)
         .with_context(|| format!("{}: no config_hash", run_json.display()))?
         .to_string();
-    let rows = read_jsonl(&records)?
+    let rows = latest(&read_jsonl(&records)?)
         .into_iter()
         .filter(|r| !is_derived(&r.metric))
         .collect();
@@ -112,11 +118,71 @@ pub fn merge_records(runs: &[(String, Vec<Record>)]) -> anyhow::Result<Vec<Recor
     Ok(out)
 }
 
+/// What is missing from a merge: shards of the matrix not given, and runs with fewer finished
+/// cells than their shard has. Empty when the merge is complete.
+fn missing_parts(metas: &[(String, Value, Vec<Record>)]) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut seen: BTreeSet<usize> = BTreeSet::new();
+    let mut of: Option<usize> = None;
+    for (name, meta, rows) in metas {
+        let shard = meta.get("shard").and_then(Value::as_str).unwrap_or("1/1");
+        if let Some((i, n)) = shard.split_once('/')
+            && let (Ok(i), Ok(n)) = (i.parse::<usize>(), n.parse::<usize>())
+        {
+            seen.insert(i);
+            of = Some(n);
+        }
+        if let Some(want) = meta.get("shard_cells").and_then(Value::as_u64) {
+            let have = finished_cells(rows).len() as u64;
+            if have < want {
+                missing.push(format!(
+                    "{name} (shard {shard}) has {have} of its {want} cells finished: it was cut \
+                     short, is still running or has failed cells; run it again to complete it"
+                ));
+            }
+        }
+    }
+    if let Some(n) = of {
+        let absent: Vec<String> = (1..=n)
+            .filter(|i| !seen.contains(i))
+            .map(|i| format!("{i}/{n}"))
+            .collect();
+        if !absent.is_empty() {
+            missing.push(format!(
+                "shards {} of the matrix were not given",
+                absent.join(", ")
+            ));
+        }
+    }
+    missing
+}
+
+/// The merged rows with each cell's rows together and `cell_rows` set, so the merged
+/// `records.jsonl` reads back as one complete attempt per cell.
+fn as_log(records: &[Record]) -> Vec<Record> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_cell: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    for r in records {
+        let id = r.cell_id();
+        if !by_cell.contains_key(&id) {
+            order.push(id.clone());
+        }
+        by_cell.entry(id).or_default().push(r.clone());
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for id in order {
+        let rows = by_cell.remove(&id).unwrap_or_default();
+        let n = rows.len() as u32;
+        out.extend(rows.into_iter().map(|r| Record { cell_rows: n, ..r }));
+    }
+    out
+}
+
 /// Runs the command.
 pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     let mut first: Option<(Value, String, String)> = None;
     let mut runs = Vec::new();
-    let mut shards = Vec::new();
+    let mut metas = Vec::new();
     for dir in &args.runs {
         let (meta, hash, rows) = read_run(dir)?;
         let name = dir.display().to_string();
@@ -131,21 +197,26 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
             }
             Some(_) => {}
         }
-        shards.push(meta.get("shard").cloned().unwrap_or(Value::Null));
+        metas.push((name.clone(), meta, rows.clone()));
         runs.push((name, rows));
     }
     let Some((mut meta, _, _)) = first else {
         return Err(UsageError("merge needs at least one run folder".into()).into());
     };
-    let mut records = merge_records(&runs)?;
-    let errors: Vec<Record> = records
-        .iter()
-        .filter(|r| r.status != "ok")
-        .cloned()
-        .collect();
-
     let dir = &args.into;
+    if dir.exists() && !args.force {
+        return Err(UsageError(format!(
+            "{} already exists; nothing was written. Pass --force to replace its outputs, or \
+             choose another --into folder",
+            dir.display()
+        ))
+        .into());
+    }
+    let missing = missing_parts(&metas);
+    let records = as_log(&merge_records(&runs)?);
+
     std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let _lock = crate::lock::lock_folder(dir, "merge")?;
     let mut jsonl = Vec::new();
     for r in &records {
         serde_json::to_writer(&mut jsonl, r)?;
@@ -153,49 +224,57 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     }
     harness_core::atomic_file::write_atomically(&dir.join("records.jsonl"), &jsonl)
         .with_context(|| format!("failed to write {}", dir.join("records.jsonl").display()))?;
-    let measured = records.len();
-    records.extend(report::derive(&records));
-    report::write_csv(&dir.join("records.csv"), &records)?;
+    let shards: Vec<Value> = metas
+        .iter()
+        .map(|(_, m, _)| m.get("shard").cloned().unwrap_or(Value::Null))
+        .collect();
     let run_id = meta
         .get("run_id")
         .and_then(Value::as_str)
         .unwrap_or("merged")
         .to_string();
-    let error_refs: Vec<&Record> = errors.iter().collect();
-    let md = report::markdown(
-        &records,
-        &format!("protbench run {run_id} (merged from {} runs)", runs.len()),
-        &error_refs,
-    );
-    harness_core::atomic_file::write_atomically(&dir.join("summary.md"), md.as_bytes())?;
     if let Value::Object(m) = &mut meta {
         let from: Vec<Value> = runs.iter().map(|(n, _)| Value::String(n.clone())).collect();
         m.insert("merged_from".into(), Value::Array(from));
         m.insert("merged_shards".into(), Value::Array(shards));
         m.insert("shard".into(), Value::String("merged".into()));
+        m.insert("shard_cells".into(), Value::Null);
+        m.insert(
+            "merge_incomplete".into(),
+            Value::Array(missing.iter().cloned().map(Value::String).collect()),
+        );
     }
     let meta_text = serde_json::to_string_pretty(&meta)?;
     harness_core::atomic_file::write_atomically(&dir.join("run.json"), meta_text.as_bytes())?;
-    let html = crate::matrix::html::render(
-        &records,
-        &format!("protbench run {run_id} (merged from {} runs)", runs.len()),
-        Some(&meta_text),
-        &error_refs,
+    let title = format!("protbench run {run_id} (merged from {} runs)", runs.len());
+    let errors = crate::matrix::report::write_all(dir, &title, &meta_text, &records)?;
+    println!(
+        "{}",
+        report::terminal_table(&report::with_derived(&records))
     );
-    harness_core::atomic_file::write_atomically(&dir.join("report.html"), html.as_bytes())?;
-    println!("{}", report::terminal_table(&records));
     println!(
         "merged {} runs: {} rows, {} error rows; records in {}",
         runs.len(),
-        measured,
+        records.len(),
         errors.len(),
         dir.display()
     );
+    for m in &missing {
+        eprintln!("warning: incomplete merge: {m}");
+    }
     if !errors.is_empty() {
+        eprintln!("{}", report::failure_causes(&errors));
         bail!(
             "{} cells failed (error rows in {})",
             errors.len(),
             dir.join("records.jsonl").display()
+        );
+    }
+    if !missing.is_empty() && !args.partial {
+        bail!(
+            "the merge is incomplete ({}); the outputs were written. Pass --partial to accept an \
+             incomplete merge",
+            missing.join("; ")
         );
     }
     Ok(())

@@ -9,7 +9,7 @@ use crate::cli::RunArgs;
 use crate::exit::UsageError;
 use crate::matrix::config::MatrixFile;
 use crate::matrix::plan::Plan;
-use crate::matrix::records::RecordLog;
+use crate::matrix::records::{RecordLog, SCHEMA_VERSION};
 use crate::matrix::report;
 use crate::matrix::run::{RunSettings, execute, run_dir};
 use crate::provenance::Provenance;
@@ -85,21 +85,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let device = crate::device::parse(&args.run.device)?;
-    let dir = run_dir(&args.results, &run_id);
-    refuse_foreign_results(&dir, &config_hash)?;
+    let dir = run_dir(&args.results, &run_id, shard);
     std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let _lock = crate::lock::lock_folder(&dir, "run this matrix")?;
+    refuse_foreign_results(&dir, &config_hash)?;
     let run_json = json!({
         "run_id": run_id,
         "matrix_file": args.matrix,
         "profile": args.profile,
         "shard": format!("{}/{}", shard.0 + 1, shard.1),
         "config_hash": config_hash,
+        "records_schema": SCHEMA_VERSION,
         "matrix": matrix,
         "cells": plan.cells.len(),
+        "shard_cells": mine,
         "provenance": Provenance::collect(&device),
     });
     let run_json_text = serde_json::to_string_pretty(&run_json)?;
     harness_core::atomic_file::write_atomically(&dir.join("run.json"), run_json_text.as_bytes())?;
+    let log = RecordLog::new(&dir);
+    if let Some(r) = log.repair()? {
+        eprintln!(
+            "warning: {}: a run was cut while writing; set aside {} bytes after the last complete \
+             cell into {} (those cells run again)",
+            log.path().display(),
+            r.bytes,
+            r.to.display()
+        );
+    }
     let settings = RunSettings {
         matrix,
         run_id: run_id.clone(),
@@ -110,52 +123,39 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.run.quiet,
         shard,
     };
-    let log = RecordLog::new(&dir);
     if !args.run.quiet {
         eprintln!(
             "run {run_id}: {mine} cells in this shard -> {}",
             dir.display()
         );
     }
-    let outcome = execute(&settings, &plan, &log)?;
-
-    let mut records = log.read()?;
-    let errors: Vec<_> = records
-        .iter()
-        .filter(|r| r.status == "error")
-        .cloned()
-        .collect();
-    records.extend(report::derive(&records));
-    report::write_csv(&dir.join("records.csv"), &records)?;
-    let error_refs: Vec<_> = errors.iter().collect();
-    let md = report::markdown(&records, &format!("protbench run {run_id}"), &error_refs);
-    harness_core::atomic_file::write_atomically(&dir.join("summary.md"), md.as_bytes())?;
-    let html = crate::matrix::html::render(
-        &records,
-        &format!("protbench run {run_id}"),
-        Some(&run_json_text),
-        &error_refs,
-    );
-    harness_core::atomic_file::write_atomically(&dir.join("report.html"), html.as_bytes())?;
+    // Whatever happens to the run (a failed cell, a full disk), the report shows what the log
+    // holds: the latest state of each cell.
+    let executed = execute(&settings, &plan, &log);
+    let records = log.latest()?;
+    let title = format!("protbench run {run_id}");
+    let errors = report::write_all(&dir, &title, &run_json_text, &records)?;
+    let outcome = executed?;
     if args.run.json {
         println!(
             "{}",
-            json!({"run_id": run_id, "dir": dir, "cells_run": outcome.ran, "cells_skipped": outcome.skipped, "cells_failed": outcome.failed})
+            json!({"run_id": run_id, "dir": dir, "cells_run": outcome.ran, "cells_skipped": outcome.skipped, "cells_failed": errors.len()})
         );
     } else {
-        println!("{}", report::terminal_table(&records));
+        println!("{}", report::terminal_table(&report::with_derived(&records)));
         println!(
             "{} cells run, {} already done, {} failed; records in {}",
             outcome.ran,
             outcome.skipped,
-            outcome.failed,
+            errors.len(),
             dir.display()
         );
     }
-    if outcome.failed > 0 {
+    if !errors.is_empty() {
+        eprintln!("{}", report::failure_causes(&errors));
         bail!(
-            "{} cells failed (error rows in {})",
-            outcome.failed,
+            "{} cells failed (their error rows are in {}; the causes are above and in summary.md)",
+            errors.len(),
             log.path().display()
         );
     }

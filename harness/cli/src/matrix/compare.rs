@@ -25,7 +25,7 @@
 //! disappeared or failed); a key present only in NEW is reported as `new` and does not.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
@@ -34,7 +34,7 @@ use serde::Serialize;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use super::records::{Record, read_jsonl};
+use super::records::{Record, latest, read_jsonl};
 use super::report;
 use crate::exit::UsageError;
 
@@ -81,8 +81,13 @@ pub fn load_records(path: &Path) -> anyhow::Result<Vec<Record>> {
         }
         Ok(out)
     } else {
-        read_jsonl(&file)
+        Ok(latest(&read_jsonl(&file)?))
     }
+}
+
+/// The configuration hashes the records were made under (normally one).
+pub fn config_hashes(records: &[Record]) -> BTreeSet<String> {
+    records.iter().map(|r| r.config_hash.clone()).collect()
 }
 
 /// How far a metric may move in the wrong direction before it counts as a regression.
@@ -462,6 +467,7 @@ mod tests {
             wall_seconds: 0.0,
             config_hash: "h".into(),
             git: "g".into(),
+            cell_rows: 0,
         }
     }
 

@@ -523,6 +523,7 @@ mod tests {
             wall_seconds: 1.0,
             config_hash: "h".into(),
             git: "g".into(),
+            cell_rows: 0,
         }
     }
 

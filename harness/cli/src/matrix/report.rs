@@ -345,6 +345,71 @@ pub fn markdown(records: &[Record], title: &str, errors: &[&Record]) -> String {
     s
 }
 
+/// The measured rows followed by the rows [`derive`] computes from them.
+pub fn with_derived(measured: &[Record]) -> Vec<Record> {
+    let mut all = measured.to_vec();
+    all.extend(derive(measured));
+    all
+}
+
+/// Writes every report of a run folder from the latest state of its cells (`measured`, without
+/// derived rows): `records.csv`, `summary.md` (with the failed cells and their causes) and
+/// `report.html` (with the run's metadata). `run` and `merge` both write through here. Returns
+/// the error rows.
+pub fn write_all(
+    dir: &Path,
+    title: &str,
+    meta_json: &str,
+    measured: &[Record],
+) -> anyhow::Result<Vec<Record>> {
+    let errors: Vec<Record> = measured.iter().filter(|r| r.is_error()).cloned().collect();
+    let records = with_derived(measured);
+    write_csv(&dir.join("records.csv"), &records)?;
+    let error_refs: Vec<&Record> = errors.iter().collect();
+    let md = markdown(&records, title, &error_refs);
+    harness_core::atomic_file::write_atomically(&dir.join("summary.md"), md.as_bytes())?;
+    let html = super::html::render(&records, title, Some(meta_json), &error_refs);
+    harness_core::atomic_file::write_atomically(&dir.join("report.html"), html.as_bytes())?;
+    Ok(errors)
+}
+
+/// Why cells failed, for the terminal: cells grouped by cause (a missing dataset fails every
+/// cell of its victims with one message), at most ten causes, each cut to one screen line.
+pub fn failure_causes(errors: &[Record]) -> String {
+    let mut causes: Vec<(String, Vec<String>)> = Vec::new();
+    for e in errors {
+        let cause = e.error.lines().next().unwrap_or("").to_string();
+        // The runner prefixes the cell; group by what follows it.
+        let key = cause
+            .strip_prefix(&format!("cell {}: ", e.cell_id()))
+            .unwrap_or(&cause)
+            .to_string();
+        match causes.iter_mut().find(|(c, _)| *c == key) {
+            Some((_, cells)) => cells.push(e.cell_id()),
+            None => causes.push((key, vec![e.cell_id()])),
+        }
+    }
+    let mut s = format!("{} cells failed:", errors.len());
+    for (cause, cells) in causes.iter().take(10) {
+        let mut cause = cause.clone();
+        if cause.chars().count() > 300 {
+            cause = cause.chars().take(300).collect::<String>() + " ...";
+        }
+        let who = match cells.len() {
+            1 => cells[0].clone(),
+            n => format!("{} and {} more", cells[0], n - 1),
+        };
+        s.push_str(&format!("\n  {who}: {cause}"));
+    }
+    if causes.len() > 10 {
+        s.push_str(&format!(
+            "\n  ... and {} more causes (summary.md lists every failed cell)",
+            causes.len() - 10
+        ));
+    }
+    s
+}
+
 /// Writes `records.csv` (all rows, derived ones included).
 pub fn write_csv(path: &Path, records: &[Record]) -> anyhow::Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -367,5 +432,54 @@ mod tests {
         // sd = 1, t(2) = 4.303, ci = 4.303 / sqrt(3)
         assert!((ci - 4.303 / 3f64.sqrt()).abs() < 1e-9);
         assert_eq!(mean_ci(&[5.0]), (5.0, 0.0));
+    }
+
+    fn rec(defence: &str, status: &str, error: &str) -> Record {
+        Record {
+            dataset: "cifar10".into(),
+            model: "resnet20".into(),
+            defence: defence.into(),
+            attack: "-".into(),
+            metric: if status == "ok" { "owner-accuracy" } else { "error" }.into(),
+            value: if status == "ok" { 0.5 } else { f64::NAN },
+            status: status.into(),
+            error: error.into(),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn a_run_with_failed_and_passed_cells_writes_a_csv_of_one_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![
+            rec("none", "ok", ""),
+            rec("edgepro", "error", "dataset not found"),
+        ];
+        let errors = write_all(dir.path(), "t", "{}", &rows).unwrap();
+        assert_eq!(errors.len(), 1);
+        let mut reader = csv::Reader::from_path(dir.path().join("records.csv")).unwrap();
+        let width = reader.headers().unwrap().len();
+        let widths: Vec<usize> = reader.records().map(|r| r.unwrap().len()).collect();
+        assert_eq!(widths, vec![width, width]);
+        let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        assert!(md.contains("dataset not found"), "{md}");
+        assert!(dir.path().join("report.html").is_file());
+    }
+
+    #[test]
+    fn failure_causes_group_cells_by_cause() {
+        let mut errors = vec![
+            rec("a", "error", "cell cifar10/resnet20/0/a/-: dataset not found"),
+            rec("b", "error", "cell cifar10/resnet20/0/b/-: dataset not found"),
+            rec("c", "error", "budget exhausted"),
+        ];
+        errors[2].seed = 1;
+        let s = failure_causes(&errors);
+        assert!(s.starts_with("3 cells failed:"), "{s}");
+        assert!(
+            s.contains("cifar10/resnet20/0/a/- and 1 more: dataset not found"),
+            "{s}"
+        );
+        assert!(s.contains("cifar10/resnet20/1/c/-: budget exhausted"), "{s}");
     }
 }

@@ -75,8 +75,6 @@ pub struct Outcome {
     pub ran: usize,
     /// Cells skipped because a previous run finished them.
     pub skipped: usize,
-    /// Cells that failed.
-    pub failed: usize,
 }
 
 /// Runs every pending cell of the plan in this shard.
@@ -99,7 +97,6 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
             .or_default()
             .push(c);
     }
-    let mut failed = 0;
     let mut data_cache: HashMap<String, (ImageSet, ImageSet)> = HashMap::new();
     for ((dataset, model, seed), cells) in groups {
         bar.set_message(format!("{dataset}/{model}/seed {seed}: data"));
@@ -107,9 +104,12 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
         let (slices, victim) = match prepared {
             Ok(p) => p,
             Err(e) => {
+                bar.println(format!(
+                    "error: {dataset}/{model}/seed {seed}: {e:#} ({} cells fail)",
+                    cells.len()
+                ));
                 for c in &cells {
                     log.append(&[error_row(s, c, &e)])?;
-                    failed += 1;
                     bar.inc(1);
                 }
                 continue;
@@ -123,7 +123,6 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
             match rows {
                 Ok(rows) => log.append(&rows)?,
                 Err(e) => {
-                    failed += 1;
                     bar.println(format!("error: {e:#}"));
                     log.append(&[error_row(s, cell, &e)])?;
                 }
@@ -135,7 +134,6 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
     Ok(Outcome {
         ran: pending.len(),
         skipped,
-        failed,
     })
 }
 
@@ -253,11 +251,16 @@ fn prepare_group(
     let params = ParamStore::new(seed, &s.device);
     let plain = PlainModel::build(spec.clone(), params.clone())?;
     let key = victim_key(dataset, &spec, &recipe, task, &*objective, s, seed);
-    let cached = s
-        .results_dir
-        .join("cache")
-        .join("victims")
-        .join(format!("{key}.safetensors"));
+    let cache_dir = s.results_dir.join("cache").join("victims");
+    let cached = cache_dir.join(format!("{key}.safetensors"));
+    // Runs sharing this cache (other matrices, other shards on a shared volume) train a victim
+    // once: whoever comes first trains it, the others wait and load its result.
+    let _trainer = crate::lock::lock_blocking(&cache_dir.join(format!("{key}.lock")), || {
+        bar.println(format!(
+            "victim {dataset}/{model}/seed {seed}: another run is training it; waiting for its \
+             result"
+        ))
+    })?;
     if cached.exists() && params.load(&cached).is_ok() {
         bar.println(format!(
             "victim {dataset}/{model}/seed {seed}: cached ({})",
@@ -370,6 +373,7 @@ fn run_cell(
         wall_seconds: secs,
         config_hash: s.config_hash.clone(),
         git: env!("PROTBENCH_GIT").to_string(),
+        cell_rows: 0,
     };
     let mut rows = Vec::new();
     // Denoisers see pixels / 255 (no normalisation), as they were trained.
@@ -658,6 +662,7 @@ fn error_row(s: &RunSettings, cell: &CellKey, e: &anyhow::Error) -> Record {
         wall_seconds: 0.0,
         config_hash: s.config_hash.clone(),
         git: env!("PROTBENCH_GIT").to_string(),
+        cell_rows: 0,
     }
 }
 
@@ -718,9 +723,14 @@ fn latency_ms(
     Ok((pct(50.0), pct(99.0)))
 }
 
-/// Results folder of a run.
-pub fn run_dir(results: &Path, run_id: &str) -> PathBuf {
-    results.join(run_id)
+/// Results folder of a run: `RESULTS/<run-id>`, and `RESULTS/<run-id>-shard-IofN` for shard I of
+/// N, so shards sharing one results root (a shared volume) never write one folder.
+pub fn run_dir(results: &Path, run_id: &str, (i, n): (usize, usize)) -> PathBuf {
+    if n > 1 {
+        results.join(format!("{run_id}-shard-{}of{n}", i + 1))
+    } else {
+        results.join(run_id)
+    }
 }
 
 #[cfg(test)]
@@ -769,6 +779,7 @@ mod tests {
             wall_seconds: secs,
             config_hash: String::new(),
             git: String::new(),
+            cell_rows: 0,
         }
     }
 
