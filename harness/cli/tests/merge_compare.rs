@@ -21,7 +21,9 @@ fn shards() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("m.toml"), MATRIX).unwrap();
         let mut runs = Vec::new();
-        for (shard, results) in [("1/2", "r1"), ("2/2", "r2")] {
+        // Both shards write under one results root, as on a shared volume: each gets its own
+        // folder (`<run-id>-shard-IofN`).
+        for (shard, results) in [("1/2", "r"), ("2/2", "r")] {
             let out = harness(
                 &[
                     "run",
@@ -36,10 +38,12 @@ fn shards() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
                 dir.path(),
             );
             assert!(out.status.success(), "{}", stderr(&out));
+            let suffix = format!("-shard-{}", shard.replace('/', "of"));
             let entries: Vec<PathBuf> = std::fs::read_dir(dir.path().join(results))
                 .unwrap()
                 .map(|e| e.unwrap().path())
                 .filter(|p| p.join("run.json").exists())
+                .filter(|p| p.to_string_lossy().ends_with(&suffix))
                 .collect();
             assert_eq!(entries.len(), 1, "{entries:?}");
             runs.push(entries[0].clone());
@@ -142,18 +146,33 @@ fn merge_joins_shards_into_one_run() {
         serde_json::from_str(&std::fs::read_to_string(into.join("run.json")).unwrap()).unwrap();
     assert_eq!(meta["merged_from"].as_array().map(Vec::len), Some(2));
 
-    // Merging a shard with itself keeps one copy of each row.
+    // Merging a shard with itself keeps one copy of each row. Shard 2/2 is missing: the merge
+    // says so and exits 1, unless --partial.
     let twice = dir.path().join("twice");
-    let out = harness(
-        &[
+    let merge_s1_twice = |extra: &[&str]| {
+        let mut args = vec![
             "merge",
             s1.to_str().unwrap(),
             s1.to_str().unwrap(),
             "--into",
             twice.to_str().unwrap(),
-        ],
-        dir.path(),
+        ];
+        args.extend_from_slice(extra);
+        harness(&args, dir.path())
+    };
+    let out = merge_s1_twice(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("shards 2/2 of the matrix were not given"),
+        "{}",
+        stderr(&out)
     );
+    assert!(twice.join("summary.md").is_file(), "outputs written anyway");
+    // The folder exists now: replacing it needs --force.
+    let out = merge_s1_twice(&["--partial"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    let out = merge_s1_twice(&["--partial", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // (Set equality: a run may log one metric twice for a cell; the merge keeps one row.)
     assert_eq!(
@@ -213,6 +232,41 @@ fn merge_refuses_other_matrices_and_conflicts() {
         dir.path(),
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // A shard cut by a crash (its last cell torn): the merge names the shard and its count.
+    let cut = dir.path().join("cut");
+    doctored_copy(s2, &cut, |_| {});
+    let log = cut.join("records.jsonl");
+    let len = std::fs::metadata(&log).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    f.set_len(len - 5).unwrap();
+    drop(f);
+    let cut_into = dir.path().join("cut-merge");
+    let out = harness(
+        &[
+            "merge",
+            s1.to_str().unwrap(),
+            cut.to_str().unwrap(),
+            "--into",
+            cut_into.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let want = cells_of_run(s2).len();
+    assert!(
+        stderr(&out).contains(&format!("(shard 2/2) has {} of its {want} cells", want - 1)),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The cell ids of a run folder's log.
+fn cells_of_run(run: &Path) -> BTreeSet<String> {
+    rows(&run.join("records.jsonl"))
+        .iter()
+        .map(|r| format!("{}/{}/{}", r["defence"], r["attack"], r["seed"]))
+        .collect()
 }
 
 #[test]
@@ -277,6 +331,18 @@ fn compare_passes_on_itself_and_catches_regressions() {
     // The other way round it is an improvement.
     let out = cmp(&[worse_s, run_s]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Runs of different matrices are compared, with a note saying so.
+    let other = dir.path().join("other-matrix");
+    doctored_copy(&run, &other, |r| r["config_hash"] = "ffffffffffff".into());
+    let out = cmp(&[run_s, other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("different matrices") && stderr(&out).contains("ffffffffffff"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cmp(&[run_s, run_s]);
+    assert!(!stderr(&out).contains("different matrices"), "{}", stderr(&out));
     // A wider tolerance lets it pass.
     let out = cmp(&[run_s, worse_s, "--tolerance", "owner-accuracy=0.2"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
