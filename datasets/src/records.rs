@@ -19,7 +19,7 @@ pub(crate) fn whole_records(
         ));
     }
     let whole = len / record_bytes;
-    if len % record_bytes != 0 {
+    if !len.is_multiple_of(record_bytes) {
         let offset = whole * record_bytes;
         return Err(DataError::format(
             path,

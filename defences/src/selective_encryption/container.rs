@@ -189,7 +189,7 @@ pub(crate) fn base64_encode(bytes: &[u8]) -> String {
 /// Inverse of [`base64_encode`]; `None` on any malformed input.
 pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| -> Option<u32> {

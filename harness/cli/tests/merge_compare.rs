@@ -342,7 +342,11 @@ fn compare_passes_on_itself_and_catches_regressions() {
         stderr(&out)
     );
     let out = cmp(&[run_s, run_s]);
-    assert!(!stderr(&out).contains("different matrices"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("different matrices"),
+        "{}",
+        stderr(&out)
+    );
     // A wider tolerance lets it pass.
     let out = cmp(&[run_s, worse_s, "--tolerance", "owner-accuracy=0.2"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -3,6 +3,9 @@
 //! must survive each: the report is always written, a later success supersedes an error, a cut
 //! log resumes to the records an uncut run has, and two writers never share a folder.
 
+// The helpers below run outside `#[test]` functions, where `allow-unwrap-in-tests` does not reach.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -104,8 +107,14 @@ fn failed_cells_keep_the_report_and_a_later_success_supersedes_them() {
     let out = harness(&["run", "--matrix", "m.toml", "--quiet"], dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("6 cells failed:"), "the terminal lists causes: {err}");
-    assert!(err.contains("imgs"), "the cause names the missing folder: {err}");
+    assert!(
+        err.contains("6 cells failed:"),
+        "the terminal lists causes: {err}"
+    );
+    assert!(
+        err.contains("imgs"),
+        "the cause names the missing folder: {err}"
+    );
     assert!(stdout(&out).contains("synthetic:8"), "the table is printed");
     let run = run_dirs(&dir.path().join("results")).remove(0);
     for f in ["records.csv", "summary.md", "report.html"] {
@@ -130,9 +139,17 @@ fn failed_cells_keep_the_report_and_a_later_success_supersedes_them() {
     assert!(out.status.success(), "{}", stderr(&out));
     let last = stdout(&out).lines().last().unwrap().to_string();
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();
-    assert_eq!((v["cells_run"].as_u64(), v["cells_failed"].as_u64()), (Some(6), Some(0)));
+    assert_eq!(
+        (v["cells_run"].as_u64(), v["cells_failed"].as_u64()),
+        (Some(6), Some(0))
+    );
     let mut csv = csv::Reader::from_path(run.join("records.csv")).unwrap();
-    let status = csv.headers().unwrap().iter().position(|h| h == "status").unwrap();
+    let status = csv
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "status")
+        .unwrap();
     assert!(
         csv.records().all(|r| &r.unwrap()[status] == "ok"),
         "the report shows the latest state of each cell"
@@ -160,7 +177,14 @@ fn a_run_cut_anywhere_resumes_to_the_records_of_an_uncut_run() {
     std::fs::write(dir.path().join("m.toml"), MATRIX).unwrap();
     let reference = dir.path().join("reference");
     let out = harness(
-        &["run", "--matrix", "m.toml", "--quiet", "--results", "reference"],
+        &[
+            "run",
+            "--matrix",
+            "m.toml",
+            "--quiet",
+            "--results",
+            "reference",
+        ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));

@@ -142,7 +142,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             json!({"run_id": run_id, "dir": dir, "cells_run": outcome.ran, "cells_skipped": outcome.skipped, "cells_failed": errors.len()})
         );
     } else {
-        println!("{}", report::terminal_table(&report::with_derived(&records)));
+        println!(
+            "{}",
+            report::terminal_table(&report::with_derived(&records))
+        );
         println!(
             "{} cells run, {} already done, {} failed; records in {}",
             outcome.ran,

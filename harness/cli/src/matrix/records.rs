@@ -435,13 +435,8 @@ mod tests {
     fn every_row_has_every_column() {
         let ok = serde_json::to_value(row("a", "x", 1.0)).unwrap();
         let err = serde_json::to_value(error("a", "boom")).unwrap();
-        let keys = |v: &serde_json::Value| {
-            v.as_object()
-                .unwrap()
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-        };
+        let keys =
+            |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
         assert_eq!(keys(&ok), keys(&err));
         assert!(keys(&ok).contains(&"error".to_string()));
     }
@@ -456,12 +451,17 @@ mod tests {
             log.finished_cells().unwrap(),
             BTreeSet::from(["d/m/0/b/-".to_string()])
         );
-        log.append(&[row("a", "x", 2.0), row("a", "y", 3.0)]).unwrap();
+        log.append(&[row("a", "x", 2.0), row("a", "y", 3.0)])
+            .unwrap();
         let latest = log.latest().unwrap();
         assert!(latest.iter().all(|r| !r.is_error()), "{latest:?}");
         assert_eq!(latest.len(), 3);
         assert_eq!(log.finished_cells().unwrap().len(), 2);
-        assert_eq!(log.read().unwrap().len(), 4, "the log keeps the failed attempt");
+        assert_eq!(
+            log.read().unwrap().len(),
+            4,
+            "the log keeps the failed attempt"
+        );
     }
 
     #[test]
@@ -570,7 +570,10 @@ mod tests {
         f.write_all(&line).unwrap();
         drop(f);
         let msg = format!("{:#}", log.read().unwrap_err());
-        assert!(msg.contains("line 2") && msg.contains("Move line 2"), "{msg}");
+        assert!(
+            msg.contains("line 2") && msg.contains("Move line 2"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -601,7 +604,8 @@ mod tests {
     fn an_attempt_cut_at_a_line_boundary_is_not_finished() {
         let dir = tempfile::tempdir().unwrap();
         let log = RecordLog::new(dir.path());
-        log.append(&[row("a", "x", 1.0), row("a", "y", 2.0)]).unwrap();
+        log.append(&[row("a", "x", 1.0), row("a", "y", 2.0)])
+            .unwrap();
         let text = std::fs::read_to_string(log.path()).unwrap();
         let first_line = text.split_inclusive('\n').next().unwrap();
         std::fs::write(log.path(), first_line).unwrap();

@@ -440,7 +440,12 @@ mod tests {
             model: "resnet20".into(),
             defence: defence.into(),
             attack: "-".into(),
-            metric: if status == "ok" { "owner-accuracy" } else { "error" }.into(),
+            metric: if status == "ok" {
+                "owner-accuracy"
+            } else {
+                "error"
+            }
+            .into(),
             value: if status == "ok" { 0.5 } else { f64::NAN },
             status: status.into(),
             error: error.into(),
@@ -469,8 +474,16 @@ mod tests {
     #[test]
     fn failure_causes_group_cells_by_cause() {
         let mut errors = vec![
-            rec("a", "error", "cell cifar10/resnet20/0/a/-: dataset not found"),
-            rec("b", "error", "cell cifar10/resnet20/0/b/-: dataset not found"),
+            rec(
+                "a",
+                "error",
+                "cell cifar10/resnet20/0/a/-: dataset not found",
+            ),
+            rec(
+                "b",
+                "error",
+                "cell cifar10/resnet20/0/b/-: dataset not found",
+            ),
             rec("c", "error", "budget exhausted"),
         ];
         errors[2].seed = 1;
@@ -480,6 +493,9 @@ mod tests {
             s.contains("cifar10/resnet20/0/a/- and 1 more: dataset not found"),
             "{s}"
         );
-        assert!(s.contains("cifar10/resnet20/1/c/-: budget exhausted"), "{s}");
+        assert!(
+            s.contains("cifar10/resnet20/1/c/-: budget exhausted"),
+            "{s}"
+        );
     }
 }

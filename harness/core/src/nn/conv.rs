@@ -100,7 +100,7 @@ fn build(
     vb: VarBuilder<'_>,
 ) -> Result<Conv2d> {
     let groups = config.groups;
-    if groups == 0 || in_channels % groups != 0 || out_channels % groups != 0 {
+    if groups == 0 || !in_channels.is_multiple_of(groups) || !out_channels.is_multiple_of(groups) {
         bail!(
             "conv2d {in_channels} -> {out_channels} channels cannot be split into {groups} groups"
         )

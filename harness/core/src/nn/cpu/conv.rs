@@ -640,11 +640,11 @@ fn depthwise_backward(
     // Group the gradient planes by channel, so that one task owns a channel: its weight
     // gradient sums over the batch without synchronisation.
     let mut by_channel: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::new()).collect();
-    if let Some(dx) = dx.as_mut() {
-        if hw > 0 {
-            for (p, plane) in dx.chunks_mut(hw).enumerate() {
-                by_channel[p % c].push(plane);
-            }
+    if let Some(dx) = dx.as_mut()
+        && hw > 0
+    {
+        for (p, plane) in dx.chunks_mut(hw).enumerate() {
+            by_channel[p % c].push(plane);
         }
     }
     let dw: Vec<f32> = by_channel

@@ -91,10 +91,10 @@ impl Drop for Scratch {
         let _ = POOL.try_with(|p| {
             let mut pool = p.borrow_mut();
             pool.push(buf);
-            if pool.len() > MAX_POOLED {
-                if let Some((i, _)) = pool.iter().enumerate().min_by_key(|(_, b)| b.capacity()) {
-                    pool.swap_remove(i);
-                }
+            if pool.len() > MAX_POOLED
+                && let Some((i, _)) = pool.iter().enumerate().min_by_key(|(_, b)| b.capacity())
+            {
+                pool.swap_remove(i);
             }
         });
     }
