@@ -144,6 +144,20 @@ fn cell(g: &BTreeMap<Key, Vec<f64>>, k: Key, digits: usize) -> String {
 /// The summary table as rows of strings: one row per dataset, model and defence.
 pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
     let g = group(records);
+    // Cells whose latest attempt failed show `failed`, not a `-` that reads as "not run".
+    let failed: std::collections::BTreeSet<(&str, &str, &str, &str)> = records
+        .iter()
+        .filter(|r| r.is_error())
+        .map(|r| {
+            (
+                r.dataset.as_str(),
+                r.model.as_str(),
+                r.defence.as_str(),
+                r.attack.as_str(),
+            )
+        })
+        .collect();
+    let is_failed = |d: &str, m: &str, def: &str, a: &str| failed.contains(&(d, m, def, a));
     let mut attacks: Vec<String> = Vec::new();
     let mut victims: Vec<(String, String, String)> = Vec::new();
     for r in records {
@@ -213,6 +227,8 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
                 cell(&g, k("-", "owner-psnr"), 2),
                 cell(&g, k("-", "noisy-psnr"), 2)
             )
+        } else if is_failed(d, m, def, "-") {
+            "failed".into()
         } else {
             cell(&g, k("-", "owner-accuracy"), 4)
         };
@@ -236,6 +252,10 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
             {
                 // White-box attacks ignore output perturbations; the planner ran them once.
                 row.push(format!("as {base}"));
+                continue;
+            }
+            if is_failed(d, m, def, a) {
+                row.push("failed".into());
                 continue;
             }
             row.push(format!(
@@ -292,11 +312,11 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
     }
     for (d, m, a) in refs {
         let mut row = vec![d.clone(), m.clone(), format!("({a}: no theft)")];
-        row.push(cell(
-            &g,
-            (d, m, "*".into(), a, "attacker-accuracy".into()),
-            4,
-        ));
+        row.push(if is_failed(&d, &m, "*", &a) {
+            "failed".into()
+        } else {
+            cell(&g, (d, m, "*".into(), a, "attacker-accuracy".into()), 4)
+        });
         row.resize(header.len(), String::new());
         rows.push(row);
     }
@@ -468,6 +488,10 @@ mod tests {
         assert_eq!(widths, vec![width, width]);
         let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
         assert!(md.contains("dataset not found"), "{md}");
+        assert!(
+            md.contains("| failed |"),
+            "the table marks the failed cell: {md}"
+        );
         assert!(dir.path().join("report.html").is_file());
     }
 
