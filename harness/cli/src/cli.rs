@@ -287,8 +287,14 @@ pub struct CompareArgs {
     /// `timing=VALUE` covers every timing metric (seconds, latency: they move with the machine),
     /// `*=VALUE` every metric not named. Defaults: 0.02 for accuracy, fidelity and gain, 25%
     /// for the rest.
-    #[arg(long, value_name = "METRIC=VALUE")]
+    #[arg(long, value_name = "METRIC=VALUE", conflicts_with = "exact")]
     pub tolerance: Vec<String>,
+    /// Exact mode: every non-timing value of every cell and seed must be bit-identical in the two
+    /// runs, moves in either direction and cells present in one run only are reported, and the
+    /// command exits 1 if anything differs. For "this change alters no result" and "this machine
+    /// reproduces the baseline".
+    #[arg(long)]
+    pub exact: bool,
     /// Print the comparison as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,

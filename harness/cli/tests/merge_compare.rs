@@ -331,6 +331,23 @@ fn compare_passes_on_itself_and_catches_regressions() {
     // The other way round it is an improvement.
     let out = cmp(&[worse_s, run_s]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // --exact: a run reproduces itself; a move in either direction is a difference.
+    let out = cmp(&[run_s, run_s, "--exact"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(" 0 differ"), "{}", stdout(&out));
+    for (a, b) in [(run_s, worse_s), (worse_s, run_s)] {
+        let out = cmp(&[a, b, "--exact", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert_eq!(last_json(&out)["differences"], 2, "{}", stdout(&out));
+    }
+    let out = cmp(&[
+        run_s,
+        worse_s,
+        "--exact",
+        "--tolerance",
+        "owner-accuracy=0.2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "--exact takes no tolerances");
     // Runs of different matrices are compared, with a note saying so.
     let other = dir.path().join("other-matrix");
     doctored_copy(&run, &other, |r| r["config_hash"] = "ffffffffffff".into());

@@ -235,6 +235,16 @@ fn a_run_cut_anywhere_resumes_to_the_records_of_an_uncut_run() {
         );
         assert!(cut_run.join("records.torn").is_file(), "cut at {cut}");
         assert_eq!(values(&cut_run), want, "cut at {cut}");
+        let out = harness(
+            &[
+                "compare",
+                "--exact",
+                run.to_str().unwrap(),
+                cut_run.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "cut at {cut}: {}", stdout(&out));
     }
 }
 

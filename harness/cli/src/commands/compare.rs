@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::cli::CompareArgs;
 use crate::matrix::compare::{Tolerances, compare, config_hashes, load_records, table};
+use crate::matrix::exact::{exact, table as exact_table};
 
 /// Runs the command.
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
@@ -26,6 +27,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             show(&hn),
             args.new.display()
         );
+    }
+    if args.exact {
+        return run_exact(&args, &base, &new);
     }
     let rows = compare(&base, &new, &tolerances);
     for m in tolerances.overrides.keys() {
@@ -64,6 +68,42 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             names.push_str(", ...");
         }
         anyhow::bail!("{} metrics regressed: {names}", regressed.len());
+    }
+    Ok(())
+}
+
+/// `--exact`: every non-timing value bit for bit.
+fn run_exact(
+    args: &CompareArgs,
+    base: &[crate::matrix::records::Record],
+    new: &[crate::matrix::records::Record],
+) -> anyhow::Result<()> {
+    let out = exact(base, new);
+    println!(
+        "compare --exact {} (base) -> {} (new): every non-timing value of every cell and seed",
+        args.base.display(),
+        args.new.display()
+    );
+    if !out.rows.is_empty() {
+        println!("{}", exact_table(&out.rows));
+    }
+    println!(
+        "{} values compared, {} differ (timing metrics are not compared)",
+        out.compared,
+        out.rows.len()
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({"exact": true, "differences": out.rows.len(), "compared": out.compared, "rows": out.rows})
+        );
+    }
+    if !out.rows.is_empty() {
+        anyhow::bail!(
+            "{} of {} values differ: the runs are not identical",
+            out.rows.len(),
+            out.compared
+        );
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod config;
+pub mod exact;
 pub mod html;
 pub mod plan;
 pub mod records;
