@@ -171,3 +171,50 @@ fn evaluation_after_training_beats_chance() {
     assert!(report.top1 > 0.8, "{report:?}");
     assert!(report.top5 >= report.top1);
 }
+
+/// The number of threads changes how the work is split, never the result: a few steps of
+/// ResNet-20 and of the small VGG give bit-identical weights on 1, 2 and 3 threads.
+#[test]
+fn weights_do_not_depend_on_the_thread_count() {
+    let small = data(Split::Train).select(&(0..192).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        use_cache: false,
+        ..LoadOptions::default()
+    };
+    // The small VGG reads 32x32 images.
+    let large = load(&DatasetId::Synthetic(32), dir.path(), Split::Train, &opts)
+        .unwrap()
+        .select(&(0..96).collect::<Vec<_>>());
+    let cfg = config(1);
+    for (arch, set) in [(Arch::Resnet20, &small), (Arch::VggSmall, &large)] {
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let params = ParamStore::new(11, &Device::Cpu);
+                let model = harness_core::zoo::build(&ModelSpec::new(arch, 10), &params).unwrap();
+                train(
+                    &*model,
+                    &params,
+                    set,
+                    &cfg,
+                    &CrossEntropy,
+                    &TrainOptions::default(),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                weights(&params)
+            })
+        };
+        let one = on(1);
+        for t in [2, 3] {
+            assert!(
+                on(t) == one,
+                "{arch:?}: {t} threads gave other weights than 1"
+            );
+        }
+    }
+}

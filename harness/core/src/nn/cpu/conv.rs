@@ -260,9 +260,13 @@ where
 
 type Grads = (Option<Vec<f32>>, Option<Vec<f32>>);
 
-/// How a backward pass splits the batch: contiguous runs of images, one per thread, each
-/// summing its own weight gradient; gemm splits each product only when there are fewer runs
-/// than threads.
+/// How a backward pass splits the batch: contiguous runs of images, each summing its own weight
+/// gradient, the runs' partials then summed in run order. The split depends on the batch alone,
+/// never on the thread count: where the partial sums break is part of the arithmetic, so a split
+/// by threads made weights differ between a 1- and a 2-thread run (and between machines).
+/// [`BACKWARD_CHUNKS`] runs keep every thread of a usual machine busy; gemm splits each product
+/// (over rows and columns, which does not change any sum) only when there are fewer runs than
+/// threads.
 #[derive(Debug, Clone, Copy)]
 struct Chunks {
     per_chunk: usize,
@@ -270,11 +274,16 @@ struct Chunks {
     gemm_threads: usize,
 }
 
+/// Runs of images per backward pass (fewer when the batch is smaller). A fixed number, not the
+/// thread count: see [`Chunks`]. 16 partial weight gradients cost one extra pass over 16 copies
+/// of a layer's weights per step, small beside the products.
+const BACKWARD_CHUNKS: usize = 16;
+
 impl Chunks {
     fn new(n: usize) -> Self {
-        let t = threads();
-        let per_chunk = n.div_ceil(t.min(n).max(1)).max(1);
+        let per_chunk = n.div_ceil(BACKWARD_CHUNKS.min(n).max(1)).max(1);
         let count = n.div_ceil(per_chunk);
+        let t = threads();
         Self {
             per_chunk,
             count,
