@@ -114,6 +114,19 @@ pub fn robust_accuracy(
 impl AdvTrain {
     /// Checks the settings (budgets within the pixel range).
     pub fn new(config: AdvTrainConfig) -> Result<Self> {
+        for (name, v) in [("eps_255", config.eps_255), ("step_255", config.step_255)] {
+            if !(v.is_finite() && v > 0.0 && v <= 255.0) {
+                return Err(Error::Config(format!(
+                    "`{name}` must satisfy 0 < {name} <= 255 (1/255 pixel units; 0 would be \
+                     plain fine-tuning), got {v}"
+                )));
+            }
+        }
+        if config.steps == 0 {
+            return Err(Error::Config(
+                "`steps` must be at least 1 (0 PGD steps crafts no adversarial example)".into(),
+            ));
+        }
         config.pgd().validate()?;
         check_lr(config.lr)?;
         Ok(Self { config })
@@ -214,8 +227,19 @@ mod tests {
     #[test]
     fn bad_settings_are_rejected() {
         assert!(build(&toml::Table::new()).is_ok());
-        for bad in ["eps_255 = 300", "step_255 = -1", "lr = -0.5", "eps = 0.03"] {
-            assert!(build(&table(bad)).is_err(), "{bad}");
+        for bad in [
+            "eps_255 = 300",
+            "step_255 = -1",
+            "lr = -0.5",
+            "lr = 0.0",
+            "eps = 0.03",
+            "eps_255 = 0",
+            "step_255 = 0",
+            "steps = 0",
+        ] {
+            let err = build(&table(bad)).err().expect(bad).to_string();
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(err.contains(key), "{bad}: {err}");
         }
     }
 }

@@ -65,11 +65,11 @@ pub(crate) fn stolen_weights<'e>(
 
 /// Checks a learning rate from the settings.
 pub(crate) fn check_lr(lr: f64) -> Result<()> {
-    if lr.is_finite() && lr >= 0.0 {
+    if lr.is_finite() && lr > 0.0 {
         Ok(())
     } else {
         Err(Error::Config(format!(
-            "`lr` must be a non-negative number, got {lr}"
+            "`lr` must be a positive number (0 would train nothing), got {lr}"
         )))
     }
 }
@@ -109,7 +109,8 @@ mod tests {
 
     #[test]
     fn learning_rates_are_checked() {
-        assert!(check_lr(0.0).is_ok());
+        // 0 would train nothing (only batch-norm statistics would move): refused.
+        assert!(check_lr(0.0).is_err());
         assert!(check_lr(0.01).is_ok());
         assert!(check_lr(-1.0).is_err());
         assert!(check_lr(f64::NAN).is_err());

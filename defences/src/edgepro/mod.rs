@@ -187,11 +187,16 @@ impl EdgePro {
                 return Err(Error::Config(format!("`{name}` must be finite, got {v}")));
             }
         }
-        if !(config.lr.is_finite() && config.lr >= 0.0) {
+        if !(config.lr.is_finite() && config.lr > 0.0) {
             return Err(Error::Config(format!(
-                "`lr` must be a non-negative number, got {}",
+                "`lr` must be a positive number (0 would train no lock), got {}",
                 config.lr
             )));
+        }
+        if config.epochs == Some(0) {
+            return Err(Error::Config(
+                "`epochs` must be at least 1 (leave it out for the victim's)".into(),
+            ));
         }
         if config.rank_images == 0 || config.eval_images == 0 {
             return Err(Error::Config(
@@ -523,10 +528,15 @@ mod tests {
             "stages = []",
             "rank_images = 0",
             "batch_size = 0",
+            "epochs = 0",
+            "lr = 0.0",
             "init = \"fresh\"",
             "lam = 0.0",
         ] {
-            assert!(build(&table(bad)).is_err(), "{bad}");
+            let err = build(&table(bad)).err().expect(bad).to_string();
+            // The message names the key it refuses.
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(bad.contains('"') || err.contains(key), "{bad}: {err}");
         }
     }
 

@@ -117,6 +117,18 @@ impl SelectiveEncryption {
     pub fn new(config: SelectiveEncryptionConfig) -> Result<Self> {
         config.plan().validate()?;
         if config.ranking == Ranking::Pss {
+            if config.pss_epochs == 0 {
+                return Err(Error::Config("`pss_epochs` must be at least 1".into()));
+            }
+            if config.pss_batch_size == 0 {
+                return Err(Error::Config("`pss_batch_size` must be at least 1".into()));
+            }
+            if !(config.pss_lr.is_finite() && config.pss_lr > 0.0) {
+                return Err(Error::Config(format!(
+                    "`pss_lr` must be a positive number, got {}",
+                    config.pss_lr
+                )));
+            }
             config.pss().validate()?;
         }
         Ok(Self { config })
@@ -304,9 +316,16 @@ mod tests {
             "levels = 99",
             "ranking = \"magic\"",
             "pss_epochs = 0",
+            "pss_batch_size = 0",
+            "pss_lr = 0.0",
+            "pss_lr = -1.0",
+            "ratio = nan",
             "seed = 1",
         ] {
-            assert!(build(&table(bad)).is_err(), "{bad}");
+            let err = build(&table(bad)).err().expect(bad).to_string();
+            // The message names the key it refuses.
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(bad.contains('"') || err.contains(key), "{bad}: {err}");
         }
     }
 }

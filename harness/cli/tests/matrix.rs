@@ -174,6 +174,74 @@ fn bad_matrices_are_usage_errors_before_training() {
 }
 
 #[test]
+fn meaningless_settings_are_usage_errors_naming_the_key_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            MATRIX.replace("epochs = 2", "epochs = 0"),
+            vec![],
+            "victim.epochs must be an integer >= 1, got 0",
+        ),
+        (
+            MATRIX.replace("queries = 128", "queries = 0"),
+            vec![],
+            "budget.queries must be an integer >= 1, got 0",
+        ),
+        (
+            MATRIX.replace("lr = 0.05", "lr = -0.05"),
+            vec![],
+            "victim.lr must be a number > 0, got -0.05",
+        ),
+        (
+            MATRIX.replace("none+top1-label", "none+top-k:0"),
+            vec![],
+            "`top-k:0`: top-k's argument must be an integer >= 1, got 0",
+        ),
+        (
+            format!("{MATRIX}lr = -1.0\n"),
+            vec![],
+            "attacks.ftll: settings of attack `fine-tune`: `lr` must be a positive number",
+        ),
+        (
+            format!("{MATRIX}defences = []\n"),
+            vec![],
+            "[attacks.ftll] defences = [] runs the attack against no defence",
+        ),
+        (
+            MATRIX.replace("seeds = [0]", "seeds = [0, 0]"),
+            vec![],
+            "axes.seeds lists `0` more than once",
+        ),
+        (
+            format!("{MATRIX}[profiles.p]\nqueries = 0\n"),
+            vec!["--profile", "p"],
+            "profiles.p.queries must be an integer >= 1, got 0",
+        ),
+    ];
+    for (i, (text, extra, expected)) in cases.iter().enumerate() {
+        std::fs::write(dir.path().join("bad.toml"), text).unwrap();
+        // A real run, not a dry run: it must stop before training anything.
+        let mut args = vec!["run", "--matrix", "bad.toml", "--quiet"];
+        args.extend(extra);
+        let out = harness(&args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "case {i}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "case {i}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !dir.path().join("results").exists(),
+            "case {i}: nothing may run"
+        );
+        let mut args = vec!["run", "--matrix", "bad.toml", "--dry-run"];
+        args.extend(extra);
+        let out = harness(&args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "case {i} (dry run)");
+    }
+}
+
+#[test]
 fn a_results_folder_of_another_matrix_is_refused_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("m.toml"), MATRIX).unwrap();

@@ -38,6 +38,10 @@ pub struct MatrixFile {
     /// Named overrides (`smoke`, `quick`, `nightly`, ...) selected with `--profile`.
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+    /// The profile [`MatrixFile::with_profile`] applied, if any, so that errors found later can
+    /// say where a merged value came from. Not part of the file (nor of its hash).
+    #[serde(skip)]
+    pub applied_profile: Option<String>,
 }
 
 /// The axes of the matrix; cells are their cross product.
@@ -253,8 +257,156 @@ impl MatrixFile {
         for (name, table) in p.attacks {
             self.attacks.entry(name).or_default().extend(table);
         }
+        self.applied_profile = Some(name.to_string());
+        // The merged matrix must hold up on its own; `Plan::new` checks it again (and the
+        // component settings), which is harmless.
+        self.validate()?;
         Ok(self)
     }
+
+    /// Checks every setting of the file itself before anything trains: each numeric key must
+    /// be in its range, each axis free of duplicates, and each profile's overrides valid. A
+    /// problem is a usage error naming the key (`victim.epochs`, `profiles.tiny.queries`) and
+    /// the allowed range. Component settings (`[defences.X]`, `[attacks.Y]`) are checked by
+    /// the components themselves when the plan builds them.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, p) in &self.profiles {
+            p.validate(name)?;
+        }
+        let note = match &self.applied_profile {
+            Some(p) => format!(" (in the matrix after profile `{p}`)"),
+            None => String::new(),
+        };
+        self.validate_merged()
+            .map_err(|e| UsageError(format!("{e}{note}")).into())
+    }
+
+    fn validate_merged(&self) -> Result<(), String> {
+        let v = &self.victim;
+        at_least_one("victim.epochs", v.epochs as u64)?;
+        at_least_one("victim.batch_size", v.batch_size as u64)?;
+        positive("victim.lr", v.lr)?;
+        if !(v.weight_decay.is_finite() && v.weight_decay >= 0.0) {
+            return Err(format!(
+                "victim.weight_decay must be a number >= 0, got {}",
+                v.weight_decay
+            ));
+        }
+        positive("victim.width", v.width)?;
+        if let Some(s) = v.noise_sigma_255
+            && !(s.is_finite() && s > 0.0 && s <= 255.0)
+        {
+            return Err(format!(
+                "victim.noise_sigma_255 must be in (0, 255] (the 0..255 pixel scale), got {s}"
+            ));
+        }
+        if let Some(n) = v.max_grad_norm {
+            positive("victim.max_grad_norm", n)?;
+        }
+
+        let d = &self.data;
+        for (key, f) in [("data.owner", d.owner), ("data.attacker", d.attacker)] {
+            if !(f.is_finite() && f > 0.0 && f <= 1.0) {
+                return Err(format!(
+                    "{key} must be a fraction in (0, 1] of the training images, got {f}"
+                ));
+            }
+        }
+        if d.owner + d.attacker > 1.0 + 1e-9 {
+            return Err(format!(
+                "data.owner ({}) and data.attacker ({}) must sum to at most 1: their slices \
+                 are disjoint",
+                d.owner, d.attacker
+            ));
+        }
+        if let Some(n) = d.train_limit {
+            at_least_one("data.train_limit", n as u64)?;
+            for (who, f) in [("owner", d.owner), ("attacker", d.attacker)] {
+                if f * (n as f64) < 1.0 {
+                    return Err(format!(
+                        "data.train_limit = {n} leaves the {who} (data.{who} = {f}) no training \
+                         image; raise data.train_limit to at least {}",
+                        (1.0 / f).ceil()
+                    ));
+                }
+            }
+        }
+        if let Some(n) = d.test_limit {
+            at_least_one("data.test_limit", n as u64)?;
+        }
+
+        at_least_one("budget.epochs", self.budget.epochs as u64)?;
+        if let Some(q) = self.budget.queries {
+            at_least_one("budget.queries", q)?;
+        }
+
+        let a = &self.axes;
+        no_duplicates("axes.datasets", &a.datasets)?;
+        no_duplicates("axes.models", &a.models)?;
+        no_duplicates("axes.defences", &a.defences)?;
+        no_duplicates("axes.attacks", &a.attacks)?;
+        no_duplicates("axes.seeds", &a.seeds)?;
+        Ok(())
+    }
+}
+
+impl Profile {
+    /// Checks the profile's own overrides, naming them `profiles.NAME.KEY`.
+    fn validate(&self, name: &str) -> anyhow::Result<()> {
+        let key = |k: &str| format!("profiles.{name}.{k}");
+        let check = || -> Result<(), String> {
+            for (k, v) in [
+                ("victim_epochs", self.victim_epochs.map(|v| v as u64)),
+                ("attack_epochs", self.attack_epochs.map(|v| v as u64)),
+                ("queries", self.queries),
+                ("train_limit", self.train_limit.map(|v| v as u64)),
+                ("test_limit", self.test_limit.map(|v| v as u64)),
+            ] {
+                if let Some(v) = v {
+                    at_least_one(&key(k), v)?;
+                }
+            }
+            if let Some(seeds) = &self.seeds {
+                if seeds.is_empty() {
+                    return Err(format!("{} is empty", key("seeds")));
+                }
+                no_duplicates(&key("seeds"), seeds)?;
+            }
+            Ok(())
+        };
+        check().map_err(|e| UsageError(e).into())
+    }
+}
+
+/// `key` must be at least 1.
+fn at_least_one(key: &str, v: u64) -> Result<(), String> {
+    if v >= 1 {
+        Ok(())
+    } else {
+        Err(format!("{key} must be an integer >= 1, got {v}"))
+    }
+}
+
+/// `key` must be a finite number above 0.
+fn positive(key: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("{key} must be a number > 0, got {v}"))
+    }
+}
+
+/// `key` must list each value once: the planner would drop a repeat, but the configuration
+/// hash would still differ from the same matrix without it (no resume, no merge).
+fn no_duplicates<T: PartialEq + std::fmt::Display>(key: &str, list: &[T]) -> Result<(), String> {
+    for (i, x) in list.iter().enumerate() {
+        if list[..i].contains(x) {
+            return Err(format!(
+                "{key} lists `{x}` more than once; list each entry once"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -291,5 +443,64 @@ mod tests {
         assert_eq!(se["ratio"].as_float(), Some(0.08), "untouched keys stay");
         assert_eq!(tiny.attacks["scratch"]["epochs"].as_integer(), Some(1));
         assert_eq!(m.defences["se"]["pss_images"].as_integer(), Some(2048));
+    }
+
+    fn with_profile_lines(profile: &str) -> MatrixFile {
+        toml::from_str(&format!(
+            "name = \"t\"\n[axes]\ndatasets = [\"synthetic\"]\nmodels = [\"resnet20\"]\n\
+             defences = [\"none\"]\nattacks = [\"scratch\"]\n[profiles.tiny]\n{profile}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn profile_overrides_are_validated_naming_the_profile_key() {
+        for (profile, want) in [
+            (
+                "victim_epochs = 0",
+                "profiles.tiny.victim_epochs must be an integer >= 1",
+            ),
+            (
+                "attack_epochs = 0",
+                "profiles.tiny.attack_epochs must be an integer >= 1",
+            ),
+            (
+                "queries = 0",
+                "profiles.tiny.queries must be an integer >= 1",
+            ),
+            (
+                "train_limit = 0",
+                "profiles.tiny.train_limit must be an integer >= 1",
+            ),
+            (
+                "test_limit = 0",
+                "profiles.tiny.test_limit must be an integer >= 1",
+            ),
+            ("seeds = []", "profiles.tiny.seeds is empty"),
+            (
+                "seeds = [1, 1]",
+                "profiles.tiny.seeds lists `1` more than once",
+            ),
+        ] {
+            let m = with_profile_lines(profile);
+            for err in [
+                m.clone().with_profile(Some("tiny")).err(),
+                // A broken profile is an error even when another one (or none) is chosen.
+                m.validate().err(),
+            ] {
+                let err = err.expect(profile);
+                assert!(err.downcast_ref::<UsageError>().is_some(), "{err}");
+                assert!(err.to_string().contains(want), "{profile}: {err}");
+            }
+        }
+        // The merged matrix is checked too: a valid override may break another key's range.
+        let m = with_profile_lines("train_limit = 2");
+        assert!(m.validate().is_ok());
+        let err = m.with_profile(Some("tiny")).err().unwrap().to_string();
+        assert!(
+            err.contains("data.train_limit = 2 leaves the attacker"),
+            "{err}"
+        );
+        assert!(err.contains("after profile `tiny`"), "{err}");
     }
 }

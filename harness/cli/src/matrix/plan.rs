@@ -90,8 +90,12 @@ pub struct Plan {
     pub cells: Vec<CellKey>,
 }
 
-/// Perturbation suffixes a defence entry may carry after `+`.
-fn perturbation(name: &str) -> anyhow::Result<(Option<OutputMode>, Option<Perturbation>)> {
+/// Perturbation suffixes a defence entry may carry after `+`, with their arguments checked:
+/// `classes` are the class counts of the matrix's datasets (0 where only loading can tell).
+fn perturbation(
+    name: &str,
+    classes: &[(&str, usize)],
+) -> anyhow::Result<(Option<OutputMode>, Option<Perturbation>)> {
     let (base, arg) = match name.split_once(':') {
         Some((b, a)) => (b, Some(a)),
         None => (name, None),
@@ -104,27 +108,66 @@ fn perturbation(name: &str) -> anyhow::Result<(Option<OutputMode>, Option<Pertur
                 .map_err(|_| UsageError(format!("`{name}`: `{a}` is not a number")).into()),
         }
     };
+    // A number within `range`, or a usage error naming the perturbation and the range.
+    let checked = |default: f64, ok: &dyn Fn(f64) -> bool, range: &str| -> anyhow::Result<f64> {
+        let v = num(default)?;
+        if v.is_finite() && ok(v) {
+            Ok(v)
+        } else {
+            bail!(UsageError(format!(
+                "`{name}`: {base}'s argument must be {range}, got {v}"
+            )))
+        }
+    };
+    let integer = |v: f64| v.fract() == 0.0;
     Ok(match base {
-        "top1-label" => (Some(OutputMode::Label), None),
-        "top-k" => (Some(OutputMode::TopK(num(5.0)? as usize)), None),
+        "top1-label" => {
+            if let Some(a) = arg {
+                bail!(UsageError(format!(
+                    "`{name}`: top1-label takes no argument (got `{a}`)"
+                )));
+            }
+            (Some(OutputMode::Label), None)
+        }
+        "top-k" => {
+            let k = checked(5.0, &|v| integer(v) && v >= 1.0, "an integer >= 1")? as usize;
+            // k at or above the number of classes returns every probability: no perturbation.
+            if let Some((dataset, n)) = classes.iter().find(|(_, n)| *n > 0 && k >= *n) {
+                bail!(UsageError(format!(
+                    "`{name}` keeps every probability of `{dataset}` ({n} classes), the same as \
+                     no perturbation; top-k's argument must be an integer in [1, {}]",
+                    n - 1
+                )));
+            }
+            (Some(OutputMode::TopK(k)), None)
+        }
         // Reverse sigmoid with ART's defaults (beta 1, gamma 0.1); `reverse-sigmoid:B` sets beta.
         "reverse-sigmoid" => (
             None,
             Some(Perturbation::ReverseSigmoid {
-                beta: num(1.0)?,
+                beta: checked(1.0, &|v| v > 0.0, "a number > 0 (beta)")?,
                 gamma: 0.1,
             }),
         ),
+        // Probabilities are f32: past 7 decimals, p x 10^D leaves f32's exact integers.
         "round" => (
             None,
             Some(Perturbation::Round {
-                decimals: num(2.0)? as u32,
+                decimals: checked(
+                    2.0,
+                    &|v| integer(v) && (0.0..=7.0).contains(&v),
+                    "an integer in [0, 7] (decimal places of f32 probabilities)",
+                )? as u32,
             }),
         ),
         "gaussian-noise" => (
             None,
             Some(Perturbation::GaussianNoise {
-                std: num(0.05)?,
+                std: checked(
+                    0.05,
+                    &|v| v > 0.0,
+                    "a number > 0 (standard deviation; 0 adds no noise)",
+                )?,
                 seed: 0,
             }),
         ),
@@ -190,8 +233,12 @@ impl Plan {
         defence_registry: &Registry<dyn Defence>,
         attack_registry: &Registry<dyn Attack>,
     ) -> anyhow::Result<Self> {
+        // Numeric settings, duplicates, profile overrides: before anything else.
+        m.validate()?;
+        let mut classes = Vec::new();
         for d in &m.axes.datasets {
-            datasets::catalog::DatasetId::parse(d)?;
+            let id = datasets::catalog::DatasetId::parse(d)?;
+            classes.push((d.as_str(), id.info().num_classes));
         }
         // Denoisers (DnCNN) get defence cells only: every attack measures attacker accuracy
         // against labels, which a denoiser does not produce.
@@ -202,13 +249,7 @@ impl Plan {
             }
         }
         if !denoisers.is_empty() {
-            let sigma = m.victim.noise_sigma();
-            harness_core::train::denoise::check_sigma(sigma).map_err(|_| {
-                UsageError(format!(
-                    "victim.noise_sigma_255 must be in (0, 255], got {}",
-                    sigma * 255.0
-                ))
-            })?;
+            // `victim.noise_sigma_255` was checked by `m.validate()`.
             if let (Some(model), Some(attack)) = (denoisers.first(), m.axes.attacks.first()) {
                 bail!(UsageError(format!(
                     "attack `{attack}` cannot run on `{model}`: `{model}` is a denoiser and every \
@@ -227,15 +268,6 @@ impl Plan {
         let only_denoisers = denoisers.len() == m.axes.models.len();
         if m.data.transfer != "attacker" {
             datasets::catalog::DatasetId::parse(&m.data.transfer)?;
-        }
-        if !(m.data.owner > 0.0
-            && m.data.attacker > 0.0
-            && m.data.owner + m.data.attacker <= 1.0 + 1e-9)
-        {
-            bail!(UsageError(format!(
-                "data.owner ({}) and data.attacker ({}) must be positive and sum to at most 1",
-                m.data.owner, m.data.attacker
-            )));
         }
         for (what, list) in [
             ("datasets", m.axes.datasets.len()),
@@ -269,16 +301,40 @@ impl Plan {
             }
         }
 
+        // Where a component's settings come from, for its errors: the table, and the profile
+        // that overrode some of it.
+        let origin = |kind: &str, name: &str| {
+            let by_profile = m.applied_profile.as_ref().filter(|p| {
+                m.profiles.get(*p).is_some_and(|p| match kind {
+                    "defences" => p.defences.contains_key(name),
+                    _ => p.attacks.contains_key(name),
+                })
+            });
+            match by_profile {
+                Some(p) => format!("{kind}.{name} (with profiles.{p}.{kind}.{name})"),
+                None => format!("{kind}.{name}"),
+            }
+        };
+
         let mut defences = Vec::new();
         for entry in &m.axes.defences {
             let mut parts = entry.split('+');
             let base = parts.next().unwrap_or_default();
             let (id, settings) = split_settings(base, m.defences.get(base))?;
-            let defence = defence_registry.build(&id, &settings)?;
+            // An unknown id keeps its own message; a bad setting names the entry's table (the
+            // component names the key and its range).
+            defence_registry.get(&id)?;
+            let defence = defence_registry.build(&id, &settings).map_err(|e| {
+                UsageError(format!(
+                    "{}: {}",
+                    origin("defences", base),
+                    config_message(e)
+                ))
+            })?;
             let mut mode = OutputMode::Soft;
             let mut perturbations = Vec::new();
             for p in parts {
-                let (m, pert) = perturbation(p)?;
+                let (m, pert) = perturbation(p, &classes)?;
                 if let Some(m) = m {
                     mode = m;
                 }
@@ -299,19 +355,19 @@ impl Plan {
                 epochs: m.budget.epochs,
                 queries: m.budget.queries,
             };
-            if let Some(v) = settings.remove("epochs") {
-                budget.epochs = v.as_integer().filter(|e| *e > 0).ok_or_else(|| {
+            let at_least_one = |key: &str, v: &toml::Value| {
+                v.as_integer().filter(|e| *e >= 1).ok_or_else(|| {
                     UsageError(format!(
-                        "[attacks.{entry}] epochs must be a positive integer"
+                        "{}: {key} must be an integer >= 1, got {v}",
+                        origin("attacks", entry)
                     ))
-                })? as usize;
+                })
+            };
+            if let Some(v) = settings.remove("epochs") {
+                budget.epochs = at_least_one("epochs", &v)? as usize;
             }
             if let Some(v) = settings.remove("queries") {
-                budget.queries = Some(v.as_integer().filter(|q| *q > 0).ok_or_else(|| {
-                    UsageError(format!(
-                        "[attacks.{entry}] queries must be a positive integer"
-                    ))
-                })? as u64);
+                budget.queries = Some(at_least_one("queries", &v)? as u64);
             }
             let only = match settings.remove("defences") {
                 None => None,
@@ -329,6 +385,21 @@ impl Plan {
                                  e.g. defences = [\"none\"]"
                             ))
                         })?;
+                    if names.is_empty() {
+                        bail!(UsageError(format!(
+                            "[attacks.{entry}] defences = [] runs the attack against no defence; \
+                             list defence entries, or leave `defences` out to run against all"
+                        )));
+                    }
+                    if let Some((_, dup)) = names
+                        .iter()
+                        .enumerate()
+                        .find(|(i, n)| names[..*i].contains(n))
+                    {
+                        bail!(UsageError(format!(
+                            "[attacks.{entry}] defences lists `{dup}` more than once"
+                        )));
+                    }
                     if let Some(bad) = names.iter().find(|n| !m.axes.defences.contains(n)) {
                         bail!(UsageError(format!(
                             "[attacks.{entry}] defences names `{bad}`, which is not in \
@@ -339,7 +410,14 @@ impl Plan {
                     Some(names)
                 }
             };
-            let attack = attack_registry.build(&id, &settings)?;
+            attack_registry.get(&id)?;
+            let attack = attack_registry.build(&id, &settings).map_err(|e| {
+                UsageError(format!(
+                    "{}: {}",
+                    origin("attacks", entry),
+                    config_message(e)
+                ))
+            })?;
             attacks.push(AttackEntry {
                 name: entry.clone(),
                 attack,
@@ -415,12 +493,77 @@ impl Plan {
         }
         cells.sort();
         cells.dedup();
+        check_every_attack_has_cells(&defences, &attacks, &cells)?;
         Ok(Self {
             defences,
             attacks,
             cells,
         })
     }
+}
+
+/// The message of a component's error, without `Error::Config`'s generic prefix.
+fn config_message(e: harness_core::Error) -> String {
+    match e {
+        harness_core::Error::Config(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// An attack entry that ends with no cell, or that names a defence entry it gets no cell
+/// against, would silently vanish from the results: refuse it, saying why.
+fn check_every_attack_has_cells(
+    defences: &[DefenceEntry],
+    attacks: &[AttackEntry],
+    cells: &[CellKey],
+) -> anyhow::Result<()> {
+    for a in attacks {
+        let has = |defence: &str| {
+            cells
+                .iter()
+                .any(|c| c.attack == a.name && c.defence == defence)
+        };
+        for d in defences
+            .iter()
+            .filter(|d| a.only.as_ref().is_some_and(|o| o.contains(&d.name)))
+        {
+            if has(&d.name) {
+                continue;
+            }
+            let base = d.name.split('+').next().unwrap_or_default();
+            let why = match (a.attack.requires(), a.attack.targets()) {
+                (Requirement::Nothing, _) => format!(
+                    "`{}` needs no exposure: it runs once per victim (defence `*`), and against a \
+                     defence entry only when that defence verifies ownership, which `{}` does not",
+                    a.name, d.name
+                ),
+                (_, Some(t)) if t != d.defence.id() => format!(
+                    "`{}` is an adaptive attack on defence `{t}`, and `{}` is a `{}` entry",
+                    a.name,
+                    d.name,
+                    d.defence.id()
+                ),
+                (Requirement::Weights, _) if base != d.name => format!(
+                    "`{}` works on stolen weights, which output perturbations do not change: it \
+                     runs against `{base}` instead (list `{base}`)",
+                    a.name
+                ),
+                _ => format!("`{}` gets no cell against `{}`", a.name, d.name),
+            };
+            bail!(UsageError(format!(
+                "[attacks.{}] defences lists `{}`, but the attack does not run against it: {why}",
+                a.name, d.name
+            )));
+        }
+        if !cells.iter().any(|c| c.attack == a.name) {
+            bail!(UsageError(format!(
+                "attack `{}` has no cell in the matrix (no defence entry it can run against); \
+                 remove it or add a defence it runs against",
+                a.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -608,5 +751,292 @@ mod tests {
             err.contains("adaptive attack on defence `verifying`"),
             "{err}"
         );
+    }
+
+    /// `matrix(defences, attacks)` with more TOML after it (tables of settings).
+    fn matrix_with(defences: &str, attacks: &str, extra: &str) -> MatrixFile {
+        toml::from_str(&format!(
+            "name = \"t\"\n[axes]\ndatasets = [\"synthetic\"]\nmodels = [\"resnet20\"]\n\
+             defences = [{defences}]\nattacks = [{attacks}]\nseeds = [0]\n{extra}\n"
+        ))
+        .unwrap()
+    }
+
+    /// The usage error `Plan::new` gives `m` (panics when it plans, or fails otherwise).
+    fn usage_error(m: &MatrixFile, d: &Registry<dyn Defence>, a: &Registry<dyn Attack>) -> String {
+        match Plan::new(m, d, a) {
+            Ok(_) => panic!("planned"),
+            Err(e) => {
+                assert!(
+                    e.downcast_ref::<UsageError>().is_some(),
+                    "not a usage error: {e}"
+                );
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_settings_out_of_range_are_usage_errors_naming_key_and_range() {
+        let (d, a) = registries();
+        for (extra, want) in [
+            (
+                "[victim]\nepochs = 0",
+                "victim.epochs must be an integer >= 1, got 0",
+            ),
+            (
+                "[victim]\nbatch_size = 0",
+                "victim.batch_size must be an integer >= 1",
+            ),
+            (
+                "[victim]\nlr = -0.1",
+                "victim.lr must be a number > 0, got -0.1",
+            ),
+            ("[victim]\nlr = 0.0", "victim.lr must be a number > 0"),
+            ("[victim]\nlr = nan", "victim.lr must be a number > 0"),
+            (
+                "[victim]\nweight_decay = -1.0",
+                "victim.weight_decay must be a number >= 0",
+            ),
+            ("[victim]\nwidth = 0.0", "victim.width must be a number > 0"),
+            (
+                "[victim]\nmax_grad_norm = 0.0",
+                "victim.max_grad_norm must be a number > 0",
+            ),
+            (
+                "[victim]\nnoise_sigma_255 = 300.0",
+                "victim.noise_sigma_255 must be in (0, 255]",
+            ),
+            (
+                "[data]\ntrain_limit = 0",
+                "data.train_limit must be an integer >= 1",
+            ),
+            (
+                "[data]\ntrain_limit = 2",
+                "data.train_limit = 2 leaves the attacker",
+            ),
+            (
+                "[data]\ntest_limit = 0",
+                "data.test_limit must be an integer >= 1",
+            ),
+            (
+                "[data]\nowner = 0.0",
+                "data.owner must be a fraction in (0, 1]",
+            ),
+            (
+                "[data]\nattacker = 1.5",
+                "data.attacker must be a fraction in (0, 1]",
+            ),
+            (
+                "[data]\nowner = 0.8\nattacker = 0.5",
+                "must sum to at most 1",
+            ),
+            (
+                "[budget]\nepochs = 0",
+                "budget.epochs must be an integer >= 1, got 0",
+            ),
+            (
+                "[budget]\nqueries = 0",
+                "budget.queries must be an integer >= 1, got 0",
+            ),
+            (
+                "[attacks.scratch]\nepochs = 0",
+                "attacks.scratch: epochs must be an integer >= 1",
+            ),
+            (
+                "[attacks.scratch]\nqueries = -5",
+                "attacks.scratch: queries must be an integer >= 1",
+            ),
+        ] {
+            let m = matrix_with("\"none\"", "\"scratch\"", extra);
+            let err = usage_error(&m, &d, &a);
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        // The ranges' edges plan.
+        let m = matrix_with(
+            "\"none\"",
+            "\"scratch\"",
+            "[victim]\nepochs = 1\nweight_decay = 0.0\n[data]\ntrain_limit = 3\n\
+             owner = 0.5\nattacker = 0.5\n[budget]\nepochs = 1\nqueries = 1",
+        );
+        assert!(Plan::new(&m, &d, &a).is_ok());
+    }
+
+    #[test]
+    fn perturbation_arguments_are_checked() {
+        let (d, a) = registries();
+        for (entry, want) in [
+            (
+                "none+top-k:0",
+                "top-k's argument must be an integer >= 1, got 0",
+            ),
+            ("none+top-k:2.5", "top-k's argument must be an integer >= 1"),
+            (
+                "none+top-k:10",
+                "keeps every probability of `synthetic` (10 classes)",
+            ),
+            (
+                "none+reverse-sigmoid:-1",
+                "reverse-sigmoid's argument must be a number > 0",
+            ),
+            (
+                "none+reverse-sigmoid:0",
+                "reverse-sigmoid's argument must be a number > 0",
+            ),
+            (
+                "none+round:-1",
+                "round's argument must be an integer in [0, 7]",
+            ),
+            (
+                "none+round:8",
+                "round's argument must be an integer in [0, 7]",
+            ),
+            (
+                "none+gaussian-noise:-0.1",
+                "gaussian-noise's argument must be a number > 0",
+            ),
+            (
+                "none+gaussian-noise:0",
+                "gaussian-noise's argument must be a number > 0",
+            ),
+            (
+                "none+gaussian-noise:inf",
+                "gaussian-noise's argument must be a number > 0",
+            ),
+            ("none+top1-label:3", "top1-label takes no argument"),
+        ] {
+            let m = matrix(&format!("\"{entry}\""), "\"scratch\"");
+            let err = usage_error(&m, &d, &a);
+            let arg = entry.trim_start_matches("none+");
+            assert!(err.contains(&format!("`{arg}`")), "{entry}: {err}");
+            assert!(err.contains(want), "{entry}: {err}");
+        }
+        let m = matrix(
+            "\"none+top-k:9\", \"none+round:0\", \"none+reverse-sigmoid:2.5\", \
+             \"none+gaussian-noise:0.1\"",
+            "\"scratch\"",
+        );
+        let plan = Plan::new(&m, &d, &a).unwrap();
+        assert_eq!(plan.defences[0].mode, OutputMode::TopK(9));
+    }
+
+    #[test]
+    fn duplicate_axis_entries_are_refused_naming_axis_and_entry() {
+        let (d, a) = registries();
+        let mut m = matrix("\"none\", \"verifying\", \"none\"", "\"scratch\"");
+        let err = usage_error(&m, &d, &a);
+        assert!(
+            err.contains("axes.defences lists `none` more than once"),
+            "{err}"
+        );
+        m = matrix("\"none\"", "\"scratch\", \"steal\", \"scratch\"");
+        let err = usage_error(&m, &d, &a);
+        assert!(
+            err.contains("axes.attacks lists `scratch` more than once"),
+            "{err}"
+        );
+        m = matrix("\"none\"", "\"scratch\"");
+        m.axes.seeds = vec![0, 1, 0];
+        let err = usage_error(&m, &d, &a);
+        assert!(err.contains("axes.seeds lists `0` more than once"), "{err}");
+        m = matrix("\"none\"", "\"scratch\"");
+        m.axes.models = vec!["resnet20".into(), "resnet20".into()];
+        let err = usage_error(&m, &d, &a);
+        assert!(err.contains("axes.models lists `resnet20`"), "{err}");
+        m = matrix("\"none\"", "\"scratch\"");
+        m.axes.datasets = vec!["synthetic".into(), "synthetic".into()];
+        let err = usage_error(&m, &d, &a);
+        assert!(err.contains("axes.datasets lists `synthetic`"), "{err}");
+    }
+
+    #[test]
+    fn an_attack_limited_to_defences_it_does_not_run_against_is_refused() {
+        let (d, a) = registries();
+        let both = "\"none\", \"verifying\"";
+        for (attacks, extra, want) in [
+            // An adaptive attack limited to a defence it does not target.
+            (
+                "\"guess\"",
+                "[attacks.guess]\ndefences = [\"none\"]",
+                "`guess` is an adaptive attack on defence `verifying`, and `none` is a `none` entry",
+            ),
+            // An empty list.
+            (
+                "\"steal\"",
+                "[attacks.steal]\ndefences = []",
+                "defences = [] runs the attack against no defence",
+            ),
+            // An attack that needs nothing gets defence cells of ownership verifiers only.
+            (
+                "\"scratch\"",
+                "[attacks.scratch]\ndefences = [\"none\"]",
+                "which `none` does not",
+            ),
+            // A repeated entry.
+            (
+                "\"steal\"",
+                "[attacks.steal]\ndefences = [\"none\", \"none\"]",
+                "lists `none` more than once",
+            ),
+        ] {
+            let m = matrix_with(both, attacks, extra);
+            let err = usage_error(&m, &d, &a);
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        // White-box attacks do not see output perturbations: they run against the base entry.
+        let m = matrix_with(
+            "\"none\", \"none+top1-label\"",
+            "\"steal\"",
+            "[attacks.steal]\ndefences = [\"none+top1-label\"]",
+        );
+        let err = usage_error(&m, &d, &a);
+        assert!(err.contains("runs against `none` instead"), "{err}");
+        // Still fine: a limit the attack honours.
+        let m = matrix_with(
+            both,
+            "\"guess\"",
+            "[attacks.guess]\ndefences = [\"verifying\"]",
+        );
+        assert!(Plan::new(&m, &d, &a).is_ok());
+    }
+
+    #[test]
+    fn component_settings_are_checked_at_plan_time_naming_the_entry_and_key() {
+        let d = defences::registry();
+        let a = attacks::registry();
+        let m = matrix_with(
+            "\"none\", \"se\"",
+            "\"scratch\", \"ft\"",
+            "[defences.se]\nuse = \"selective-encryption\"\nratio = 0.0\n",
+        );
+        let err = usage_error(&m, &d, &a);
+        assert!(err.contains("defences.se: "), "{err}");
+        assert!(
+            err.contains("`ratio` must satisfy 0 < ratio <= 1, got 0"),
+            "{err}"
+        );
+        let m = matrix_with(
+            "\"none\"",
+            "\"scratch\", \"ft\"",
+            "[attacks.ft]\nuse = \"fine-tune\"\nlr = -0.5\n",
+        );
+        let err = usage_error(&m, &d, &a);
+        assert!(err.contains("attacks.ft: "), "{err}");
+        assert!(err.contains("`lr` must be a positive number"), "{err}");
+        // A profile's override is named too.
+        let m = matrix_with(
+            "\"none\", \"se\"",
+            "\"scratch\"",
+            "[defences.se]\nuse = \"selective-encryption\"\nranking = \"l1\"\n\
+             [profiles.tiny.defences.se]\nlevels = 0\n",
+        )
+        .with_profile(Some("tiny"))
+        .unwrap();
+        let err = usage_error(&m, &d, &a);
+        assert!(
+            err.contains("defences.se (with profiles.tiny.defences.se): "),
+            "{err}"
+        );
+        assert!(err.contains("`levels` must be between 1"), "{err}");
     }
 }

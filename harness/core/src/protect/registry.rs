@@ -59,8 +59,14 @@ impl<T: ?Sized> Registry<T> {
 
     /// Builds `id` from its settings.
     pub fn build(&self, id: &str, settings: &toml::Table) -> Result<Box<T>> {
-        (self.get(id)?.build)(settings)
-            .map_err(|e| Error::Config(format!("settings of {} `{id}`: {e}", self.kind)))
+        (self.get(id)?.build)(settings).map_err(|e| {
+            // One "invalid configuration" prefix is enough.
+            let why = match e {
+                Error::Config(m) => m,
+                other => other.to_string(),
+            };
+            Error::Config(format!("settings of {} `{id}`: {why}", self.kind))
+        })
     }
 
     /// Every id, in registration order.
