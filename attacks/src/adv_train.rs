@@ -209,18 +209,19 @@ mod tests {
     use super::*;
 
     fn table(s: &str) -> toml::Table {
-        toml::from_str(s).unwrap_or_default()
+        toml::from_str(s).expect("the test's TOML parses")
     }
 
     #[test]
     fn defaults_follow_the_literature() {
-        let c: AdvTrainConfig = settings(&toml::Table::new()).unwrap_or_default();
+        let c: AdvTrainConfig = settings(&toml::Table::new()).expect("valid settings");
         let pgd = c.pgd();
         assert!((pgd.eps - 8.0 / 255.0).abs() < 1e-12);
         assert!((pgd.step - 2.0 / 255.0).abs() < 1e-12);
         assert_eq!((pgd.steps, pgd.random_start), (7, true));
         // Integers are accepted for the 1/255 budgets.
-        let c: AdvTrainConfig = settings(&table("eps_255 = 4\nsteps = 10")).unwrap_or_default();
+        let c: AdvTrainConfig =
+            settings(&table("eps_255 = 4\nsteps = 10")).expect("valid settings");
         assert_eq!((c.eps_255, c.steps), (4.0, 10));
     }
 

@@ -285,10 +285,11 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         assert!(build(&toml::Table::new()).is_ok());
-        let t: toml::Table = toml::from_str("tries = 3\nroulette_tries = 0").unwrap_or_default();
+        let t: toml::Table =
+            toml::from_str("tries = 3\nroulette_tries = 0").expect("the test\'s TOML parses");
         assert!(build(&t).is_ok());
         for bad in ["eval_images = 0", "locking_value = nan", "guesses = 3"] {
-            let t: toml::Table = toml::from_str(bad).unwrap_or_default();
+            let t: toml::Table = toml::from_str(bad).expect("the test\'s TOML parses");
             assert!(build(&t).is_err(), "{bad}");
         }
     }

@@ -204,19 +204,19 @@ mod tests {
     use super::*;
 
     fn table(s: &str) -> toml::Table {
-        toml::from_str(s).unwrap_or_default()
+        toml::from_str(s).expect("the test's TOML parses")
     }
 
     #[test]
     fn defaults_and_settings() {
-        let c: ExtractionConfig = settings(&toml::Table::new()).unwrap_or_default();
+        let c: ExtractionConfig = settings(&toml::Table::new()).expect("valid settings");
         assert_eq!(c, ExtractionConfig::default());
         assert_eq!(c.substitute, "resnet20");
         assert_eq!(c.labels, Labels::Soft);
         let c: ExtractionConfig = settings(&table(
             "labels = \"hard\"\nsubstitute = \"vgg11\"\nwidth = 0.5",
         ))
-        .unwrap_or_default();
+        .expect("valid settings");
         assert_eq!((c.labels, c.width), (Labels::Hard, 0.5));
     }
 

@@ -177,12 +177,12 @@ mod tests {
     use harness_core::{Arch, ModelSpec};
 
     fn table(s: &str) -> toml::Table {
-        toml::from_str(s).unwrap_or_default()
+        toml::from_str(s).expect("the test's TOML parses")
     }
 
     #[test]
     fn defaults_and_variants() {
-        let c: FineTuneConfig = settings(&toml::Table::new()).unwrap_or_default();
+        let c: FineTuneConfig = settings(&toml::Table::new()).expect("valid settings");
         assert_eq!((c.variant, c.lr), (Variant::Ftal, 0.01));
         for (s, v) in [
             ("ftll", Variant::Ftll),
@@ -191,7 +191,7 @@ mod tests {
             ("rtal", Variant::Rtal),
         ] {
             let c: FineTuneConfig =
-                settings(&table(&format!("variant = \"{s}\""))).unwrap_or_default();
+                settings(&table(&format!("variant = \"{s}\""))).expect("valid settings");
             assert_eq!(c.variant, v);
         }
         assert!(build(&table("variant = \"ftxx\"")).is_err());

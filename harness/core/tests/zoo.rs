@@ -160,7 +160,19 @@ fn export_for_torch_interop() -> Result<()> {
             ("x".to_string(), x),
             ("logits".to_string(), y.to_dtype(DType::F32)?),
         ]);
-        candle_core::safetensors::save(&io, dir.join(format!("{}_io.safetensors", arch.id())))?;
+        let io_path = dir.join(format!("{}_io.safetensors", arch.id()));
+        candle_core::safetensors::save(&io, &io_path)?;
+        // What was written is what the Python side will read: the weights rebuild a model that
+        // gives the stored logits bit for bit, batch-norm state included.
+        let reloaded = ParamStore::new(7, &Device::Cpu);
+        let again = zoo::build(&ModelSpec::new(arch, 10), &reloaded)?;
+        reloaded.load(&dir.join(format!("{}.safetensors", arch.id())))?;
+        let stored = candle_core::safetensors::load(&io_path, &Device::Cpu)?;
+        let logits = stored["logits"].flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(logits, y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        let x2 = &stored["x"];
+        let y2 = again.forward_t(x2, false)?.to_dtype(DType::F32)?;
+        assert_eq!(y2.flatten_all()?.to_vec1::<f32>()?, logits, "{arch:?}");
     }
     println!("wrote {}", dir.display());
     Ok(())
