@@ -1,0 +1,232 @@
+//! Guards on inputs and outputs, through the binary: existing outputs are never replaced without
+//! `--force` (checked before any work), unwritable outputs fail at once, and broken inputs
+//! (non-finite or impossible weights, out-of-range levels, passphrases that do not apply) are
+//! refused with a message that names what is wrong.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use harness_core::{Arch, ModelSpec, ParamStore};
+
+/// Runs `harness` in `dir` with a whitespace-separated argument line and extra environment.
+fn harness_env(args: &str, dir: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.args(args.split_whitespace())
+        .current_dir(dir)
+        .env("HARNESS_CACHE", dir.join("cache"))
+        .env_remove("HARNESS_DATA");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the harness binary runs")
+}
+
+fn harness(args: &str, dir: &Path) -> Output {
+    harness_env(args, dir, &[])
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", text(out));
+}
+
+/// Exit code 2 and a message naming `path` and the way out (`--force`).
+fn refused(out: &Output, path: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", text(out));
+    let t = text(out);
+    assert!(
+        t.contains(path) && t.contains("already exists") && t.contains("--force"),
+        "{t}"
+    );
+}
+
+/// An untrained ResNet-20 (10 classes) saved in `dir`, after `edit` changed its weights.
+fn resnet20(dir: &Path, name: &str, edit: impl FnOnce(&ParamStore)) -> PathBuf {
+    let params = ParamStore::new(0, &Device::Cpu);
+    harness_core::zoo::build(&ModelSpec::new(Arch::Resnet20, 10), &params).unwrap();
+    edit(&params);
+    let path = dir.join(name);
+    params.save(&path).unwrap();
+    path
+}
+
+const TRAIN: &str = "train --dataset synthetic:8 --model resnet20 --epochs 1 --batch-size 32 \
+                     --train-limit 64 --test-limit 32 --quiet";
+
+#[test]
+fn train_refuses_to_overwrite_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&harness(&format!("{TRAIN} --out m.safetensors"), d));
+    let before = std::fs::read(d.join("m.safetensors")).unwrap();
+    let card = std::fs::read(d.join("m.json")).unwrap();
+
+    // Refused before the data is even looked for: an empty data folder would otherwise fail
+    // with "not found" (exit 1).
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = harness(
+        &format!(
+            "train --dataset cifar10 --data-dir {} --model resnet20 --out m.safetensors",
+            empty.display()
+        ),
+        d,
+    );
+    refused(&out, "m.safetensors");
+    assert_eq!(std::fs::read(d.join("m.safetensors")).unwrap(), before);
+
+    // The run card beside the weights is protected too.
+    std::fs::write(d.join("n.json"), b"{\"mine\": true}").unwrap();
+    let out = harness(&format!("{TRAIN} --out n.safetensors"), d);
+    refused(&out, "n.json");
+    assert!(!d.join("n.safetensors").exists());
+    assert_eq!(
+        std::fs::read(d.join("n.json")).unwrap(),
+        b"{\"mine\": true}"
+    );
+
+    // --force overwrites both (another seed: other weights).
+    ok(&harness(
+        &format!("{TRAIN} --seed 1 --out m.safetensors --force"),
+        d,
+    ));
+    assert_ne!(std::fs::read(d.join("m.safetensors")).unwrap(), before);
+    assert_ne!(std::fs::read(d.join("m.json")).unwrap(), card);
+
+    // Weights named .json would be overwritten by their own run card.
+    let out = harness(&format!("{TRAIN} --out w.json"), d);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!d.join("w.json").exists());
+}
+
+#[test]
+fn train_checks_that_its_output_is_writable_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A file where the output's folder should be: no folder can be made there. (Permissions
+    // would not do: tests may run as root.)
+    std::fs::write(d.join("file"), b"x").unwrap();
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = harness(
+        &format!(
+            "train --dataset cifar10 --data-dir {} --model resnet20 --out file/m.safetensors",
+            empty.display()
+        ),
+        d,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("file/m.safetensors") && t.contains("cannot write there"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("not found under"),
+        "checked after the data: {t}"
+    );
+
+    // A missing folder is created, and the check leaves nothing behind in it.
+    ok(&harness(&format!("{TRAIN} --out new/sub/m.safetensors"), d));
+    let mut names: Vec<String> = std::fs::read_dir(d.join("new/sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["m.json", "m.safetensors"]);
+}
+
+#[test]
+fn protect_refuses_to_overwrite_keys_models_and_licences() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = resnet20(d, "m.st", |_| {});
+    let encrypt = |extra: &str| {
+        harness(
+            &format!(
+                "protect encrypt --model {} --arch resnet20 --ranking l1 --ratio 0.2 --levels 2 \
+                 --out enc.st --keys owner.key --quiet {extra}",
+                m.display()
+            ),
+            d,
+        )
+    };
+    ok(&encrypt(""));
+    let key = std::fs::read(d.join("owner.key")).unwrap();
+    let enc = std::fs::read(d.join("enc.st")).unwrap();
+
+    // The key file: refused, and said why it matters; nothing is written.
+    std::fs::remove_file(d.join("enc.st")).unwrap();
+    let out = encrypt("");
+    refused(&out, "owner.key");
+    assert!(text(&out).contains("undecryptable"), "{}", text(&out));
+    assert_eq!(std::fs::read(d.join("owner.key")).unwrap(), key);
+    assert!(!d.join("enc.st").exists());
+    std::fs::write(d.join("enc.st"), &enc).unwrap();
+
+    // The encrypted model alone.
+    std::fs::rename(d.join("owner.key"), d.join("kept.key")).unwrap();
+    refused(&encrypt(""), "enc.st");
+    assert!(!d.join("owner.key").exists());
+    assert_eq!(std::fs::read(d.join("enc.st")).unwrap(), enc);
+    std::fs::rename(d.join("kept.key"), d.join("owner.key")).unwrap();
+
+    // Checked before the model is read: a missing model is not what stops it.
+    let out = harness(
+        "protect encrypt --model missing.st --arch resnet20 --ranking l1 --out enc.st --keys owner.key",
+        d,
+    );
+    refused(&out, "owner.key");
+
+    // --force replaces both with a new key and model.
+    ok(&encrypt("--force"));
+    assert_ne!(std::fs::read(d.join("owner.key")).unwrap(), key);
+    assert_ne!(std::fs::read(d.join("enc.st")).unwrap(), enc);
+
+    // Licences and decrypted models.
+    ok(&harness(
+        "protect licence --keys owner.key --level 2 --out l.lic",
+        d,
+    ));
+    let lic = std::fs::read(d.join("l.lic")).unwrap();
+    refused(
+        &harness("protect licence --keys owner.key --level 1 --out l.lic", d),
+        "l.lic",
+    );
+    assert_eq!(std::fs::read(d.join("l.lic")).unwrap(), lic);
+    ok(&harness(
+        "protect licence --keys owner.key --level 1 --out l.lic --force",
+        d,
+    ));
+    assert_ne!(std::fs::read(d.join("l.lic")).unwrap(), lic);
+    // The licence may never replace the key file, even with --force.
+    let out = harness(
+        "protect licence --keys owner.key --level 1 --out owner.key --force",
+        d,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    std::fs::write(d.join("dec.st"), b"precious").unwrap();
+    refused(
+        &harness(
+            "protect decrypt --model enc.st --licence l.lic --out dec.st",
+            d,
+        ),
+        "dec.st",
+    );
+    assert_eq!(std::fs::read(d.join("dec.st")).unwrap(), b"precious");
+    ok(&harness(
+        "protect decrypt --model enc.st --licence l.lic --out dec.st --force",
+        d,
+    ));
+    assert_ne!(std::fs::read(d.join("dec.st")).unwrap(), b"precious");
+}
