@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use harness_core::{Arch, ModelSpec, ParamStore};
 
 /// Runs `harness` in `dir` with a whitespace-separated argument line and extra environment.
@@ -57,6 +57,20 @@ fn resnet20(dir: &Path, name: &str, edit: impl FnOnce(&ParamStore)) -> PathBuf {
     let path = dir.join(name);
     params.save(&path).unwrap();
     path
+}
+
+/// Sets element `i` of tensor `name` to `value`.
+fn poke(params: &ParamStore, name: &str, i: usize, value: f32) {
+    let var = params.get(name).unwrap();
+    let mut v = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    v[i] = value;
+    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+        .unwrap();
 }
 
 const TRAIN: &str = "train --dataset synthetic:8 --model resnet20 --epochs 1 --batch-size 32 \
@@ -229,4 +243,70 @@ fn protect_refuses_to_overwrite_keys_models_and_licences() {
         d,
     ));
     assert_ne!(std::fs::read(d.join("dec.st")).unwrap(), b"precious");
+}
+
+#[test]
+fn broken_weights_are_refused_naming_the_tensor_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nan = resnet20(d, "nan.st", |p| {
+        poke(p, "layer2.0.conv1.weight", 5, f32::NAN)
+    });
+    let inf = resnet20(d, "inf.st", |p| poke(p, "fc.weight", 0, f32::INFINITY));
+    let var = resnet20(d, "var.st", |p| poke(p, "bn1.running_var", 2, -0.5));
+    for (file, tensor) in [
+        (&nan, "`layer2.0.conv1.weight`"),
+        (&inf, "`fc.weight`"),
+        (&var, "`bn1.running_var`"),
+    ] {
+        let out = harness(
+            &format!(
+                "eval --dataset synthetic:8 --model resnet20 --weights {} --quiet",
+                file.display()
+            ),
+            d,
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let t = text(&out);
+        assert!(
+            t.contains(tensor) && t.contains(&*file.to_string_lossy()),
+            "{t}"
+        );
+        assert!(!t.contains("test accuracy"), "{t}");
+
+        let out = harness(
+            &format!(
+                "protect encrypt --model {} --arch resnet20 --ranking l1 --out e.st --keys e.key",
+                file.display()
+            ),
+            d,
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let t = text(&out);
+        assert!(
+            t.contains(tensor) && t.contains(&*file.to_string_lossy()),
+            "{t}"
+        );
+        assert!(!d.join("e.st").exists() && !d.join("e.key").exists());
+    }
+    assert!(
+        text(&harness(
+            &format!(
+                "eval --dataset synthetic:8 --model resnet20 --weights {} --quiet",
+                var.display()
+            ),
+            d
+        ))
+        .contains("running variance cannot be negative")
+    );
+}
+
+#[test]
+fn diverged_training_fails_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = harness(&format!("{TRAIN} --lr 1e30 --out m.safetensors"), d);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("diverged at epoch 1"), "{}", text(&out));
+    assert!(!d.join("m.safetensors").exists() && !d.join("m.json").exists());
 }

@@ -62,6 +62,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Training diverged: the loss or the weights stopped being finite numbers. A failure, not
+    /// a usage error: the same settings may train on other data or seeds.
+    #[error("training diverged at epoch {epoch}: {detail}; lower the learning rate")]
+    Diverged {
+        /// 1-based epoch in which it was noticed.
+        epoch: usize,
+        /// What was not finite (the loss at a step, or a named tensor).
+        detail: String,
+    },
     /// An invalid setting (a zero batch size, an empty dataset, a schedule that makes no sense).
     #[error("invalid configuration: {0}")]
     Config(String),

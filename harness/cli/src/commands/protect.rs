@@ -252,6 +252,9 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
         ..PssConfig::default()
     };
     let original = read(&args.model, "model")?;
+    // NaN or impossible weights are refused before the data is loaded and the kernels ranked.
+    harness_core::params::check_values(&original, &args.model)
+        .with_context(|| format!("refusing to encrypt {}", args.model.display()))?;
     let device = crate::device::parse(&args.device)?;
     let progress = !args.quiet;
     let data = match &args.dataset {
