@@ -310,3 +310,65 @@ fn diverged_training_fails_and_writes_nothing() {
     assert!(text(&out).contains("diverged at epoch 1"), "{}", text(&out));
     assert!(!d.join("m.safetensors").exists() && !d.join("m.json").exists());
 }
+
+#[test]
+fn a_passphrase_must_match_how_the_key_file_was_sealed() {
+    const VAR: &str = "PROTBENCH_GUARDS_PASSPHRASE";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = resnet20(d, "m.st", |_| {});
+    let env = [(VAR, "s3cret-enough")];
+    let encrypt = |keys: &str, out: &str, extra: &str| {
+        harness_env(
+            &format!(
+                "protect encrypt --model {} --arch resnet20 --ranking l1 --ratio 0.2 --levels 2 \
+                 --out {out} --keys {keys} --quiet {extra}",
+                m.display()
+            ),
+            d,
+            &env,
+        )
+    };
+    ok(&encrypt("plain.key", "plain.st", ""));
+    ok(&encrypt(
+        "pass.key",
+        "pass.st",
+        &format!("--passphrase-env {VAR}"),
+    ));
+
+    // Given for a key file sealed without one: refused, not silently ignored.
+    let out = harness_env(
+        &format!("protect licence --keys plain.key --level 1 --out a.lic --passphrase-env {VAR}"),
+        d,
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("has no passphrase"), "{}", text(&out));
+    assert!(!d.join("a.lic").exists());
+
+    // Missing for a protected one: the message says how to give it.
+    let out = harness_env(
+        "protect licence --keys pass.key --level 1 --out b.lic",
+        d,
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("protected by a passphrase") && t.contains("--passphrase-env"),
+        "{t}"
+    );
+    assert!(!d.join("b.lic").exists());
+
+    // Each opens as it was sealed.
+    ok(&harness_env(
+        "protect licence --keys plain.key --level 1 --out a.lic",
+        d,
+        &env,
+    ));
+    ok(&harness_env(
+        &format!("protect licence --keys pass.key --level 1 --out b.lic --passphrase-env {VAR}"),
+        d,
+        &env,
+    ));
+}

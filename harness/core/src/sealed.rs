@@ -84,9 +84,19 @@ pub enum SealError {
     },
     /// The file is passphrase-protected and none was given.
     #[error(
-        "this {purpose} file is protected by a passphrase; give it (e.g. --passphrase-env VAR)"
+        "this {purpose} file is protected by a passphrase, and none was given; give it (e.g. --passphrase-env VAR)"
     )]
     NeedsPassphrase {
+        /// Kind of secret.
+        purpose: String,
+    },
+    /// A passphrase was given for a file sealed without one. Refused rather than ignored: the
+    /// caller believes the file is protected by that passphrase, and it is not (anyone holding
+    /// the file can open it).
+    #[error(
+        "this {purpose} file has no passphrase (it was sealed without one), but a passphrase was given; open it without one (drop --passphrase-env), and keep the file private"
+    )]
+    UnexpectedPassphrase {
         /// Kind of secret.
         purpose: String,
     },
@@ -302,13 +312,12 @@ pub fn open(
             purpose: purpose.to_string(),
         });
     }
-    // A passphrase given for a file sealed without one is ignored: the file is not secret.
-    let pass = if p.header.needs_passphrase {
-        passphrase
-    } else {
-        None
-    };
-    let key = derive_key(&p.kdf, pass, p.salt)?;
+    if !p.header.needs_passphrase && passphrase.is_some() {
+        return Err(SealError::UnexpectedPassphrase {
+            purpose: purpose.to_string(),
+        });
+    }
+    let key = derive_key(&p.kdf, passphrase, p.salt)?;
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&key[..]));
     cipher
         .decrypt(
@@ -393,6 +402,15 @@ mod tests {
             open(&f, "licence", &BIND, Some("nope")),
             Err(SealError::Authentication { .. })
         ));
+        // A passphrase for a file sealed without one is refused, not ignored.
+        let plain = seal(b"x", "licence", &BIND, None).unwrap();
+        let err = open(&plain, "licence", &BIND, Some("pw")).unwrap_err();
+        assert!(
+            matches!(err, SealError::UnexpectedPassphrase { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("has no passphrase"), "{err}");
+        assert!(open(&plain, "licence", &BIND, None).is_ok());
         assert!(matches!(
             open(b"hello", "licence", &BIND, None),
             Err(SealError::NotSealed { .. })
