@@ -54,10 +54,9 @@ pub enum SealError {
         /// The kind of secret the caller expected.
         expected: String,
     },
-    /// A sealed file from a newer harness.
-    #[error(
-        "sealed file format version {found} is newer than this harness understands (version {VERSION}); upgrade the harness"
-    )]
+    /// A sealed file of a format version this harness does not read: from a newer harness, or
+    /// from an older one whose format was retired. The message says which, and what to do.
+    #[error("{}", version_message(*.found))]
     Version {
         /// Version found in the file.
         found: u8,
@@ -117,6 +116,22 @@ pub enum SealError {
     /// A KDF or cipher parameter was rejected.
     #[error("sealing failed: {0}")]
     Crypto(String),
+}
+
+/// What to say about a sealed file of format version `found`.
+fn version_message(found: u8) -> String {
+    if found > VERSION {
+        format!(
+            "sealed file format version {found} is newer than this harness reads (version \
+             {VERSION}); upgrade the harness"
+        )
+    } else {
+        format!(
+            "sealed file format version {found} is older than this harness reads (version \
+             {VERSION}); open it with the harness release that wrote it, or make it again with \
+             this one"
+        )
+    }
 }
 
 /// A 256-bit secret from the operating system's random source, wiped from memory on drop.
@@ -419,6 +434,31 @@ mod tests {
             open(&f[..f.len() - 20], "licence", &BIND, Some("pw")),
             Err(SealError::Authentication { .. }) | Err(SealError::NotSealed { .. })
         ));
+    }
+
+    #[test]
+    fn versions_are_called_older_or_newer() {
+        let f = seal(b"x", "licence", &BIND, None).unwrap();
+        assert_eq!(f[MAGIC.len()], VERSION);
+        let with_version = |v: u8| {
+            let mut g = f.clone();
+            g[MAGIC.len()] = v;
+            open(&g, "licence", &BIND, None).unwrap_err()
+        };
+        let newer = with_version(VERSION + 1);
+        assert!(matches!(newer, SealError::Version { .. }), "{newer:?}");
+        let text = newer.to_string();
+        assert!(
+            text.contains("newer") && text.contains("upgrade the harness"),
+            "{text}"
+        );
+        let older = with_version(VERSION - 1).to_string();
+        assert!(
+            older.contains("older")
+                && !older.contains("newer")
+                && older.contains("release that wrote it"),
+            "{older}"
+        );
     }
 
     #[test]
