@@ -372,3 +372,33 @@ fn a_passphrase_must_match_how_the_key_file_was_sealed() {
         &env,
     ));
 }
+
+#[test]
+fn a_level_the_key_file_lacks_is_named_with_the_levels_that_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = resnet20(d, "m.st", |_| {});
+    ok(&harness(
+        &format!(
+            "protect encrypt --model {} --arch resnet20 --ranking l1 --ratio 0.2 --levels 3 \
+             --out enc.st --keys owner.key --quiet",
+            m.display()
+        ),
+        d,
+    ));
+    let out = harness("protect licence --keys owner.key --level 9 --out l.lic", d);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("--level 9")
+            && t.contains("does not exist")
+            && t.contains("levels 0 (nothing) to 3"),
+        "{t}"
+    );
+    assert!(!t.contains("failed to open the key file"), "{t}");
+    assert!(!d.join("l.lic").exists());
+    ok(&harness(
+        "protect licence --keys owner.key --level 3 --out l.lic",
+        d,
+    ));
+}

@@ -360,8 +360,22 @@ fn licence(args: LicenceArgs) -> anyhow::Result<()> {
     refuse_overwrite(&args.out, "--out", args.force, None)?;
     let pass = passphrase(args.passphrase_env.as_deref())?;
     let key_file = read(&args.keys, "key file")?;
-    let lic = se::licence(&key_file, args.level, pass.as_deref())
+    let (owner, binding) = se::keys::open_owner_key(&key_file, pass.as_deref())
         .with_context(|| format!("failed to open the key file {}", args.keys.display()))?;
+    // The key file opened: a level it lacks is the command line's mistake, not the file's.
+    if args.level > owner.levels {
+        return Err(UsageError(format!(
+            "--level {}: this level does not exist; the model of {} has levels 0 (nothing) to {} \
+             (everything)",
+            args.level,
+            args.keys.display(),
+            owner.levels
+        ))
+        .into());
+    }
+    let lic = se::keys::licence_for(&owner, args.level)
+        .and_then(|l| se::keys::seal_licence(&l, &binding))
+        .with_context(|| format!("failed to cut a level-{} licence", args.level))?;
     write_secret(&args.out, &lic, args.force, "licence")?;
     if args.json {
         print_json(&json!({
