@@ -402,3 +402,32 @@ fn a_level_the_key_file_lacks_is_named_with_the_levels_that_exist() {
         d,
     ));
 }
+
+#[test]
+fn a_broken_encrypted_model_is_named_by_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = resnet20(d, "m.st", |_| {});
+    ok(&harness(
+        &format!(
+            "protect encrypt --model {} --arch resnet20 --ranking l1 --levels 2 --out enc.st \
+             --keys owner.key --quiet",
+            m.display()
+        ),
+        d,
+    ));
+    ok(&harness(
+        "protect licence --keys owner.key --level 2 --out l.lic",
+        d,
+    ));
+    std::fs::write(d.join("junk.st"), b"not a model at all").unwrap();
+    let out = harness(
+        "protect decrypt --model junk.st --licence l.lic --out x.st",
+        d,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("junk.st: not a valid safetensors file"), "{t}");
+    assert!(!t.contains("<model file>"), "{t}");
+    assert!(!d.join("x.st").exists());
+}

@@ -239,7 +239,8 @@ impl ParamStore {
         drop(vars);
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::serialize(views, Some(metadata)).map_err(|e| Error::BadFile {
-            path: PathBuf::from("<memory>"),
+            // In memory: no file to name (`save` adds its own).
+            path: PathBuf::new(),
             message: format!("cannot serialise the parameters: {e}"),
         })
     }
@@ -247,7 +248,8 @@ impl ParamStore {
     /// Writes every tensor to `path` as safetensors (see the module docs for the format). The
     /// write is atomic: a temporary file in the same folder, synced, then renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::atomic_file::write_atomically(path, &self.to_safetensors_bytes()?)
+        let bytes = self.to_safetensors_bytes().map_err(|e| e.in_file(path))?;
+        crate::atomic_file::write_atomically(path, &bytes)
     }
 
     /// Overwrites every variable with the tensor of the same name in the safetensors file at

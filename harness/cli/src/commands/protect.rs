@@ -295,9 +295,11 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
         &device,
         progress,
     )
+    .map_err(|e| e.in_file(&args.model))
     .with_context(|| format!("failed to rank the kernels of {}", args.model.display()))?;
     let rank_seconds = rank_start.elapsed().as_secs_f64();
     let enc = se::encrypt(&original, &importance, &plan, pass.as_deref())
+        .map_err(|e| e.in_file(&args.model))
         .with_context(|| format!("failed to encrypt {}", args.model.display()))?;
     write_secret(&args.keys, &enc.owner_key, args.force, "key file")?;
     if let Err(e) = write(&args.out, &enc.model, args.force, "encrypted model") {
@@ -402,13 +404,15 @@ fn decrypt(args: DecryptArgs) -> anyhow::Result<()> {
     refuse_overwrite(&args.out, "--out", args.force, None)?;
     let model = read(&args.model, "encrypted model")?;
     let lic = read(&args.licence, "licence")?;
-    let dec = se::decrypt(&model, &lic).with_context(|| {
-        format!(
-            "failed to decrypt {} with {}",
-            args.model.display(),
-            args.licence.display()
-        )
-    })?;
+    let dec = se::decrypt(&model, &lic)
+        .map_err(|e| e.in_file(&args.model))
+        .with_context(|| {
+            format!(
+                "failed to decrypt {} with {}",
+                args.model.display(),
+                args.licence.display()
+            )
+        })?;
     write(&args.out, &dec.model, args.force, "decrypted model")?;
     if args.json {
         print_json(&json!({
