@@ -113,11 +113,7 @@ impl Extraction {
             transfer.len().min(usize::try_from(q).unwrap_or(usize::MAX))
         });
         if wanted == 0 {
-            return Err(Error::Config(format!(
-                "extraction has nothing to query: {} transfer images, budget {:?}",
-                transfer.len(),
-                budget.queries
-            )));
+            return Err(nothing_to_query(transfer.len(), budget.queries));
         }
         let mut order: Vec<usize> = (0..transfer.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
@@ -199,9 +195,37 @@ fn answered_set(
     )?)
 }
 
+/// The error of an extraction that may send no query: says which of the two limits is zero,
+/// with the values as numbers.
+fn nothing_to_query(transfer_images: usize, queries: Option<u64>) -> Error {
+    let budget = match queries {
+        Some(q) => format!("a budget of {q} queries"),
+        None => "no query limit".to_string(),
+    };
+    Error::Config(format!(
+        "extraction has nothing to query: {transfer_images} transfer images and {budget}"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_to_query_prints_numbers_not_options() {
+        let text = nothing_to_query(100, Some(0)).to_string();
+        assert!(
+            text.contains("100 transfer images and a budget of 0 queries"),
+            "{text}"
+        );
+        assert!(!text.contains("Some("), "{text}");
+        let text = nothing_to_query(0, None).to_string();
+        assert!(
+            text.contains("0 transfer images and no query limit"),
+            "{text}"
+        );
+        assert!(!text.contains("None"), "{text}");
+    }
 
     fn table(s: &str) -> toml::Table {
         toml::from_str(s).expect("the test's TOML parses")

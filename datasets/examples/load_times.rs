@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         use_cache: true,
         cache_dir: Some(cache_dir.clone()),
         progress: false,
+        official_sizes: true,
     };
     println!("data {} cache {}", data_dir.display(), cache_dir.display());
     println!(

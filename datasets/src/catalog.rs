@@ -281,6 +281,11 @@ pub struct LoadOptions {
     pub cache_dir: Option<PathBuf>,
     /// Show a progress bar on stderr while decoding image files (default false).
     pub progress: bool,
+    /// Require the record counts of the official CIFAR binary files (10,000 per CIFAR-10 batch,
+    /// 50,000 and 10,000 in CIFAR-100's train.bin and test.bin), so that a file cut short at a
+    /// record boundary is refused instead of silently giving fewer images (default true). Off
+    /// only for reduced copies made on purpose, such as test fixtures.
+    pub official_sizes: bool,
 }
 
 impl Default for LoadOptions {
@@ -289,6 +294,7 @@ impl Default for LoadOptions {
             use_cache: true,
             cache_dir: None,
             progress: false,
+            official_sizes: true,
         }
     }
 }
@@ -345,11 +351,13 @@ pub fn load_with_origin(
             data_dir,
             split,
             crate::cifar100::LabelKind::Fine,
+            opts.official_sizes,
         )),
         DatasetId::Cifar100Coarse => binary(crate::cifar100::load(
             data_dir,
             split,
             crate::cifar100::LabelKind::Coarse,
+            opts.official_sizes,
         )),
         DatasetId::TinyImagenet => crate::tiny_imagenet::load(data_dir, split, opts),
         DatasetId::ImageFolder(root) => {

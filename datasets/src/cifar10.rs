@@ -34,6 +34,8 @@ pub const RECORD_BYTES: usize = 1 + IMAGE_BYTES;
 pub const BINARY_DIR: &str = "cifar-10-batches-bin";
 /// Folder of the one-file-per-image layout.
 pub const FOLDER_DIR: &str = "cifar10";
+/// Records in each official batch file (the five training batches and the test batch).
+pub const RECORDS_PER_FILE: usize = 10_000;
 
 /// The binary batch files of a split.
 fn batch_files(split: Split) -> Vec<String> {
@@ -51,7 +53,7 @@ pub fn load(data_dir: &Path, split: Split, opts: &LoadOptions) -> Result<Loaded>
     if binary_complete || (bin_dir.is_dir() && !folder_split.is_dir()) {
         // A partial binary folder without an alternative: load it so that the error names the
         // missing file.
-        return load_binary(&bin_dir, split).map(|set| Loaded {
+        return load_binary(&bin_dir, split, opts.official_sizes).map(|set| Loaded {
             set,
             origin: Origin::Binary,
         });
@@ -66,15 +68,27 @@ pub fn load(data_dir: &Path, split: Split, opts: &LoadOptions) -> Result<Loaded>
     })
 }
 
-/// Loads a split from the official binary batches in `bin_dir`.
-pub fn load_binary(bin_dir: &Path, split: Split) -> Result<ImageSet> {
+/// Loads a split from the official binary batches in `bin_dir`. With `official_sizes`, every
+/// batch file must hold the official [`RECORDS_PER_FILE`] records (see
+/// [`crate::catalog::LoadOptions::official_sizes`]).
+pub fn load_binary(bin_dir: &Path, split: Split, official_sizes: bool) -> Result<ImageSet> {
     let class_names = read_class_names(&bin_dir.join("batches.meta.txt"))?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for name in batch_files(split) {
         let path = bin_dir.join(name);
         let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
+        let before = labels.len();
         parse_records(&path, &bytes, &mut images, &mut labels)?;
+        if official_sizes {
+            crate::records::expect_official_count(
+                &path,
+                labels.len() - before,
+                RECORDS_PER_FILE,
+                RECORD_BYTES,
+                "cifar10",
+            )?;
+        }
     }
     ImageSet::new(images, labels, (3, 32, 32), class_names)
 }

@@ -169,9 +169,24 @@ pub const COARSE_NAMES: [&str; 20] = [
     "vehicles_2",
 ];
 
+/// Records in the official files: 50,000 in `train.bin`, 10,000 in `test.bin`.
+pub fn official_records(split: Split) -> usize {
+    match split {
+        Split::Train => 50_000,
+        Split::Test => 10_000,
+    }
+}
+
 /// Loads one split of CIFAR-100 with fine or coarse labels from
-/// `<data_dir>/cifar-100-binary/`.
-pub fn load(data_dir: &Path, split: Split, kind: LabelKind) -> Result<ImageSet> {
+/// `<data_dir>/cifar-100-binary/`. With `official_sizes`, the file must hold the official
+/// number of records ([`official_records`]; see
+/// [`crate::catalog::LoadOptions::official_sizes`]).
+pub fn load(
+    data_dir: &Path,
+    split: Split,
+    kind: LabelKind,
+    official_sizes: bool,
+) -> Result<ImageSet> {
     let dir = data_dir.join(BINARY_DIR);
     let path = dir.join(format!("{}.bin", split.as_str()));
     if !path.is_file() {
@@ -191,6 +206,15 @@ pub fn load(data_dir: &Path, split: Split, kind: LabelKind) -> Result<ImageSet> 
     let class_names = read_class_names(&dir.join(kind.names_file()), kind)?;
     let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
     let (images, labels) = parse_records(&path, bytes, kind)?;
+    if official_sizes {
+        crate::records::expect_official_count(
+            &path,
+            labels.len(),
+            official_records(split),
+            RECORD_BYTES,
+            "cifar100",
+        )?;
+    }
     ImageSet::new(images, labels, (3, 32, 32), class_names)
 }
 

@@ -32,3 +32,28 @@ pub(crate) fn whole_records(
     }
     Ok(whole)
 }
+
+/// Refuses a file of an official release that holds `found` whole records where the release's
+/// file holds `expected`: a download or copy cut short at a record boundary would otherwise load
+/// silently with fewer images. The error names the file, both sizes and the fix.
+pub(crate) fn expect_official_count(
+    path: &Path,
+    found: usize,
+    expected: usize,
+    record_bytes: usize,
+    dataset: &str,
+) -> Result<()> {
+    if found == expected {
+        return Ok(());
+    }
+    Err(DataError::format(
+        path,
+        format!(
+            "{found} records ({} bytes), but the official {dataset} file has {expected} records \
+             ({} bytes): the file is incomplete or not from the official release; fetch the \
+             dataset again with `harness data fetch {dataset} --force` (or copy the file again)",
+            found * record_bytes,
+            expected * record_bytes
+        ),
+    ))
+}

@@ -95,6 +95,7 @@ fn no_cache_option_bypasses_it() {
         use_cache: false,
         cache_dir: Some(cache.path().to_path_buf()),
         progress: false,
+        official_sizes: false,
     };
     for _ in 0..2 {
         let l = load_with_origin(&DatasetId::Cifar10, data.path(), Split::Test, &opts).unwrap();

@@ -83,6 +83,34 @@ fn cifar10_partial_binary_names_missing_file() {
     assert!(err.contains("data_batch_4.bin"), "{err}");
 }
 
+#[test]
+fn cifar10_binary_cut_at_a_record_boundary_is_refused() {
+    assert!(datasets::catalog::LoadOptions::default().official_sizes);
+    let official = datasets::catalog::LoadOptions {
+        official_sizes: true,
+        ..uncached()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_cifar10_bin(dir.path(), 3);
+    let err = load(&DatasetId::Cifar10, dir.path(), Split::Test, &official)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("test_batch.bin"), "{err}");
+    assert!(
+        err.contains("3 records (9219 bytes)") && err.contains("10000 records (30730000 bytes)"),
+        "{err}"
+    );
+    assert!(err.contains("harness data fetch cifar10"), "{err}");
+    // The official size loads.
+    let full: Vec<u8> = (0..10_000u32)
+        .flat_map(|k| cifar10_record((k % 10) as u8, k))
+        .collect();
+    std::fs::write(dir.path().join("cifar-10-batches-bin/test_batch.bin"), full).unwrap();
+    let set = load(&DatasetId::Cifar10, dir.path(), Split::Test, &official).unwrap();
+    assert_eq!(set.len(), 10_000);
+    assert_eq!(set.image(9_999), &planar(9_999, 32, 32)[..]);
+}
+
 // ---------------------------------------------------------------- CIFAR-10 folders
 
 #[test]
@@ -270,6 +298,52 @@ fn cifar100_bad_files() {
         err.contains("fine_label_names.txt") && err.contains("expected 100"),
         "{err}"
     );
+}
+
+#[test]
+fn cifar100_file_cut_at_a_record_boundary_is_refused() {
+    let official = datasets::catalog::LoadOptions {
+        official_sizes: true,
+        ..uncached()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_cifar100(dir.path(), 4, false);
+    for (id, split, file, expected) in [
+        (
+            DatasetId::Cifar100,
+            Split::Train,
+            "train.bin",
+            "50000 records (153700000 bytes)",
+        ),
+        (
+            DatasetId::Cifar100Coarse,
+            Split::Test,
+            "test.bin",
+            "10000 records (30740000 bytes)",
+        ),
+    ] {
+        let err = load(&id, dir.path(), split, &official)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(file), "{err}");
+        assert!(
+            err.contains("4 records (12296 bytes)") && err.contains(expected),
+            "{err}"
+        );
+        assert!(err.contains("harness data fetch cifar100"), "{err}");
+    }
+    // The official size loads.
+    let full: Vec<u8> = (0..10_000usize)
+        .flat_map(|k| {
+            let mut r = vec![(k % 20) as u8, (k % 100) as u8];
+            r.extend(planar(k as u32, 32, 32));
+            r
+        })
+        .collect();
+    std::fs::write(dir.path().join("cifar-100-binary/test.bin"), full).unwrap();
+    let set = load(&DatasetId::Cifar100, dir.path(), Split::Test, &official).unwrap();
+    assert_eq!(set.len(), 10_000);
+    assert_eq!(set.labels[9_999], 99);
 }
 
 #[test]

@@ -279,7 +279,14 @@ fn password_files_round_trip_and_every_mistake_is_refused() {
     );
     assert!(Password::open(&file[..20], &locked.params, None).is_err());
 
-    // Passphrases.
+    // Passphrases. One given for a file sealed without one is refused, not ignored.
+    let err = Password::open(&file, &locked.params, Some("hunter2"))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::Sealed(SealError::UnexpectedPassphrase { .. })),
+        "{err}"
+    );
     let locked_file = password.seal(&locked.params, Some("hunter2")).unwrap();
     let err = Password::open(&locked_file, &locked.params, None)
         .err()

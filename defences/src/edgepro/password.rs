@@ -120,8 +120,17 @@ impl Password {
             return Err(bad("bad magic"));
         }
         let version = r.u8().ok_or_else(|| bad("truncated"))?;
-        if version != VERSION {
-            return Err(bad(&format!("unknown version {version}")));
+        if version > VERSION {
+            return Err(bad(&format!(
+                "version {version} is newer than this harness reads (version {VERSION}); \
+                 upgrade the harness"
+            )));
+        }
+        if version < VERSION {
+            return Err(bad(&format!(
+                "version {version} is older than this harness reads (version {VERSION}); use \
+                 the harness release that locked the model"
+            )));
         }
         let scale = r.f32().ok_or_else(|| bad("truncated"))?;
         let stages = r.u16().ok_or_else(|| bad("truncated"))?;
@@ -250,6 +259,16 @@ mod tests {
         let mut out_of_range = p.clone();
         out_of_range.locks[0].neurons[0] = 16;
         assert!(Password::from_bytes(&out_of_range.to_bytes()?).is_err());
+        // The version byte follows the magic: older and newer are told apart.
+        for (version, word) in [(VERSION + 1, "newer"), (VERSION - 1, "older")] {
+            let mut other = bytes.clone();
+            other[4] = version;
+            let text = Password::from_bytes(&other)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(text.contains(&format!("is {word}")), "{text}");
+        }
         Ok(())
     }
 }

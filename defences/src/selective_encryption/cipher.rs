@@ -330,9 +330,17 @@ fn header_of(c: &Container) -> Result<PublicHeader> {
         })?;
     let header: PublicHeader = serde_json::from_str(text)
         .map_err(|e| bad(format!("unreadable selective-encryption header ({e})")))?;
-    if header.version != VERSION {
+    if header.version > VERSION {
         return Err(bad(format!(
-            "selective-encryption format version {} is not supported (this harness reads {VERSION})",
+            "selective-encryption format version {} is newer than this harness reads (version \
+             {VERSION}); upgrade the harness",
+            header.version
+        )));
+    }
+    if header.version < VERSION {
+        return Err(bad(format!(
+            "selective-encryption format version {} is older than this harness reads (version \
+             {VERSION}); decrypt it with the harness release that encrypted it",
             header.version
         )));
     }
@@ -447,4 +455,45 @@ fn escrow_aad(header: &PublicHeader, t: usize, fingerprint: &[u8; 32]) -> Result
 
 fn json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Config(format!("cannot write JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model file's container whose public header says `version`.
+    fn with_version(version: u32) -> Result<Container> {
+        let header = PublicHeader {
+            version,
+            levels: 1,
+            ratio: 0.1,
+            ranking: Ranking::L1,
+            layers: Vec::new(),
+            had_metadata: false,
+            tiers: vec![String::new()],
+        };
+        let metadata = HashMap::from([(METADATA_KEY.to_string(), json(&header)?)]);
+        Ok(Container {
+            entries: Vec::new(),
+            metadata: Some(metadata),
+        })
+    }
+
+    #[test]
+    fn format_versions_are_called_older_or_newer() -> Result<()> {
+        assert!(header_of(&with_version(VERSION)?).is_ok());
+        let newer = header_of(&with_version(VERSION + 1)?).map(|_| ());
+        let text = newer.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            text.contains("is newer") && text.contains("upgrade"),
+            "{text}"
+        );
+        let older = header_of(&with_version(VERSION - 1)?).map(|_| ());
+        let text = older.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            text.contains("is older") && !text.contains("newer"),
+            "{text}"
+        );
+        Ok(())
+    }
 }

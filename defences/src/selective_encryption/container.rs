@@ -55,10 +55,11 @@ pub(crate) struct Container {
     pub metadata: Option<HashMap<String, String>>,
 }
 
-/// An error about in-memory file content; callers add the path.
+/// An error about in-memory file content. It names no file (this module only sees bytes); a
+/// caller that read the bytes from a file names it with [`Error::in_file`].
 pub(crate) fn bad(message: impl Into<String>) -> Error {
     Error::BadFile {
-        path: PathBuf::from("<model file>"),
+        path: PathBuf::new(),
         message: message.into(),
     }
 }
@@ -223,6 +224,21 @@ pub(crate) fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_errors_name_no_placeholder_and_take_the_callers_path() {
+        let err = Container::parse(b"not safetensors").err();
+        let text = err.as_ref().map(ToString::to_string).unwrap_or_default();
+        assert!(text.starts_with("not a valid safetensors file"), "{text}");
+        assert!(!text.contains('<'), "{text}");
+        let named = err
+            .map(|e| e.in_file(std::path::Path::new("dir/enc.st")).to_string())
+            .unwrap_or_default();
+        assert!(
+            named.starts_with("dir/enc.st: not a valid safetensors file"),
+            "{named}"
+        );
+    }
 
     #[test]
     fn base64_round_trips_every_length() {

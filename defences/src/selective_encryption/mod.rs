@@ -182,7 +182,8 @@ fn plain_model(
 ) -> Result<PlainModel> {
     let store = ParamStore::new(seed, device);
     let model = PlainModel::build(spec.clone(), store.clone())?;
-    store.load_from_bytes(bytes, Path::new("<selective-encryption>"))?;
+    // The bytes never were a file: the origin says what they are.
+    store.load_from_bytes(bytes, Path::new("the selective-encryption model in memory"))?;
     Ok(model)
 }
 

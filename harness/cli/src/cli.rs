@@ -155,6 +155,10 @@ pub struct TrainArgs {
     /// FILE.json with the run's settings and results is written beside it.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub out: PathBuf,
+    /// Overwrite --out and its FILE.json if they exist (by default an existing file is refused
+    /// before training starts).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `harness eval`.

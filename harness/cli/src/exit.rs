@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use harness_core::sealed::SealError;
+
 /// Exit code of a usage or configuration error.
 pub const USAGE: u8 = 2;
 /// Exit code of a failure while working (missing data, corrupt file, diverged training, ...).
@@ -27,6 +29,11 @@ fn code_of(err: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<harness_core::Error>() {
             return match e {
                 harness_core::Error::UnknownModel { .. } | harness_core::Error::Config(_) => USAGE,
+                // A passphrase missing for a protected file, or given for an unprotected one: the
+                // command line must change (--passphrase-env), not the file.
+                harness_core::Error::Sealed(
+                    SealError::NeedsPassphrase { .. } | SealError::UnexpectedPassphrase { .. },
+                ) => USAGE,
                 harness_core::Error::Data(d) => data_code(d),
                 _ => FAILURE,
             };

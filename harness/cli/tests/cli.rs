@@ -72,8 +72,9 @@ fn same_seed_same_result_and_checkpoint_resume_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, seed: u64| {
         let w = dir.path().join(name);
+        // --force: the resume below writes the same weights file again.
         let args = format!(
-            "{TRAIN} --epochs 1 --train-limit 256 --seed {seed} --out {} --checkpoint {}.ckpt --json",
+            "{TRAIN} --epochs 1 --train-limit 256 --seed {seed} --out {} --checkpoint {}.ckpt --json --force",
             w.display(),
             w.display()
         );

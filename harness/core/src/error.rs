@@ -46,9 +46,10 @@ pub enum Error {
         names: Vec<String>,
     },
     /// A file that is not valid safetensors, or a checkpoint whose metadata is wrong.
-    #[error("{}: {message}", .path.display())]
+    #[error("{}{message}", file_prefix(.path))]
     BadFile {
-        /// The file.
+        /// The file; empty when the content was parsed from memory by a function that does not
+        /// know its file (the caller that read it names it with [`Error::in_file`]).
         path: PathBuf,
         /// What is wrong with it.
         message: String,
@@ -61,6 +62,15 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// Training diverged: the loss or the weights stopped being finite numbers. A failure, not
+    /// a usage error: the same settings may train on other data or seeds.
+    #[error("training diverged at epoch {epoch}: {detail}; lower the learning rate")]
+    Diverged {
+        /// 1-based epoch in which it was noticed.
+        epoch: usize,
+        /// What was not finite (the loss at a step, or a named tensor).
+        detail: String,
     },
     /// An invalid setting (a zero batch size, an empty dataset, a schedule that makes no sense).
     #[error("invalid configuration: {0}")]
@@ -79,7 +89,29 @@ pub enum Error {
 use datasets::names::did_you_mean;
 pub use datasets::names::suggest;
 
+/// `"PATH: "` before a message about a file, nothing when the file is not known.
+fn file_prefix(path: &std::path::Path) -> String {
+    if path.as_os_str().is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", path.display())
+    }
+}
+
 impl Error {
+    /// Names the file that in-memory content came from in an error about that content: a
+    /// [`Error::BadFile`] made without a path (by a function that parses bytes) gets `path`, so
+    /// the message names the real file instead of a placeholder. Other errors are unchanged.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::BadFile { path: p, message } if p.as_os_str().is_empty() => Error::BadFile {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// Shorthand for an [`Error::Io`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

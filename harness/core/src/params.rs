@@ -12,6 +12,11 @@
 //! Names ending in `running_mean`, `running_var` or `num_batches_tracked` are buffers
 //! (non-trainable state, as in PyTorch); everything else is trainable.
 //!
+//! Loading refuses values no trained model can hold, naming the tensor and the file: NaN or
+//! infinite values (a diverged run or a corrupt file would otherwise evaluate to "accuracy 0,
+//! loss NaN" and be protected, attacked and tabulated as if it were a model), a negative
+//! batch-norm running variance, a negative batch counter.
+//!
 //! Files are safetensors with PyTorch's state-dict names and layouts (convolutions O x I x kH x kW,
 //! linear out x in), f32 values, and `num_batches_tracked` as an i64 scalar of shape `[]`, as
 //! `safetensors.torch.save_file(model.state_dict())` writes them; a PyTorch module of the same
@@ -179,6 +184,30 @@ impl ParamStore {
             .sum()
     }
 
+    /// The name of the first tensor (in name order) holding a NaN or an infinite value, if any:
+    /// the trainer's once-per-epoch divergence check, run on the tensors' device (one small
+    /// reduction and one scalar read per tensor, no copy of the weights to the host).
+    pub fn first_non_finite(&self) -> Result<Option<String>> {
+        let vars = self.vars();
+        for (name, var) in vars.iter() {
+            let t = var.as_tensor();
+            if !t.dtype().is_float() {
+                continue;
+            }
+            // x - x is 0 for every finite x and NaN for NaN and ±inf; a sum of zeros cannot
+            // overflow, so the sum is NaN exactly when some value is not finite.
+            let probe = t
+                .sub(t)?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            if !probe.is_finite() {
+                return Ok(Some(name.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     /// Removes every variable (used when a build fails half-way on a fresh store).
     pub(crate) fn clear(&self) {
         self.vars().clear();
@@ -210,7 +239,8 @@ impl ParamStore {
         drop(vars);
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::serialize(views, Some(metadata)).map_err(|e| Error::BadFile {
-            path: PathBuf::from("<memory>"),
+            // In memory: no file to name (`save` adds its own).
+            path: PathBuf::new(),
             message: format!("cannot serialise the parameters: {e}"),
         })
     }
@@ -218,14 +248,17 @@ impl ParamStore {
     /// Writes every tensor to `path` as safetensors (see the module docs for the format). The
     /// write is atomic: a temporary file in the same folder, synced, then renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::atomic_file::write_atomically(path, &self.to_safetensors_bytes()?)
+        let bytes = self.to_safetensors_bytes().map_err(|e| e.in_file(path))?;
+        crate::atomic_file::write_atomically(path, &bytes)
     }
 
     /// Overwrites every variable with the tensor of the same name in the safetensors file at
     /// `path`, strictly as PyTorch's `load_state_dict`: every tensor of the model must be there
     /// with the right shape, and the file must have no others. f16, bf16 and f64 values are
     /// converted; `num_batches_tracked` may be absent (it is then reset to 0, as PyTorch does).
-    /// Nothing changes unless the whole file is valid. Build the model first.
+    /// Non-finite values and impossible buffers are refused (see the module docs) with a
+    /// [`Error::BadFile`] naming the tensor. Nothing changes unless the whole file is valid.
+    /// Build the model first.
     pub fn load(&self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         self.load_from_bytes(&bytes, path)
@@ -293,6 +326,9 @@ impl ParamStore {
                     )));
                 }
             };
+            if let Some(problem) = value_problem(name, view.dtype(), view.data()) {
+                return Err(bad(problem));
+            }
             let t = Tensor::from_raw_buffer(view.data(), dtype, found, &Device::Cpu)?
                 .to_dtype(var.dtype())?
                 .reshape(expected)?
@@ -318,6 +354,110 @@ impl ParamStore {
             var.set(&t)?;
         }
         Ok(())
+    }
+}
+
+/// Checks every tensor of a safetensors file for values no trained model can hold (NaN or
+/// infinite values, a negative batch-norm running variance or batch counter), without building
+/// a model: for callers that want to refuse a broken file before expensive work. `origin` names
+/// the file in errors; [`ParamStore::load`] makes the same checks.
+pub fn check_values(bytes: &[u8], origin: &Path) -> Result<()> {
+    let file = SafeTensors::deserialize(bytes).map_err(|e| Error::BadFile {
+        path: origin.to_path_buf(),
+        message: format!("not a valid safetensors file ({e})"),
+    })?;
+    let mut tensors = file.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in tensors {
+        if let Some(problem) = value_problem(&name, view.dtype(), view.data()) {
+            return Err(Error::BadFile {
+                path: origin.to_path_buf(),
+                message: problem,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What makes the stored values of tensor `name` impossible for a trained model, if anything:
+/// a NaN or infinite value anywhere, a negative value in a batch-norm running variance or batch
+/// counter. `data` is the little-endian content of a `dtype` tensor as safetensors stores it;
+/// other dtypes than floats and integers pass.
+fn value_problem(name: &str, dtype: Dtype, data: &[u8]) -> Option<String> {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let must_be_non_negative = matches!(last, "running_var" | "num_batches_tracked");
+    let values: Box<dyn Iterator<Item = f64> + '_> = match dtype {
+        Dtype::F32 => Box::new(
+            data.chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        ),
+        Dtype::F64 => Box::new(data.chunks_exact(8).map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            f64::from_le_bytes(b)
+        })),
+        Dtype::F16 => Box::new(
+            data.chunks_exact(2)
+                .map(|c| f64::from(f16_to_f32(u16::from_le_bytes([c[0], c[1]])))),
+        ),
+        Dtype::BF16 => Box::new(data.chunks_exact(2).map(|c| {
+            f64::from(f32::from_bits(
+                u32::from(u16::from_le_bytes([c[0], c[1]])) << 16,
+            ))
+        })),
+        Dtype::I64 if must_be_non_negative => Box::new(data.chunks_exact(8).map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            i64::from_le_bytes(b) as f64
+        })),
+        Dtype::I32 if must_be_non_negative => Box::new(
+            data.chunks_exact(4)
+                .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        ),
+        _ => return None,
+    };
+    let (mut non_finite, mut negative, mut total) = (0usize, 0usize, 0usize);
+    let (mut first_non_finite, mut first_negative) = (None, None);
+    for (i, v) in values.enumerate() {
+        total += 1;
+        if !v.is_finite() {
+            non_finite += 1;
+            first_non_finite.get_or_insert((i, v));
+        } else if must_be_non_negative && v < 0.0 {
+            negative += 1;
+            first_negative.get_or_insert((i, v));
+        }
+    }
+    if let Some((i, v)) = first_non_finite {
+        return Some(format!(
+            "tensor `{name}` holds {non_finite} non-finite value{} of {total} (the first, at index \
+             {i}, is {v}); the file is corrupt or was saved from a diverged training run",
+            if non_finite == 1 { "" } else { "s" }
+        ));
+    }
+    let (i, v) = first_negative?;
+    let what = if last == "running_var" {
+        "a batch-norm running variance cannot be negative"
+    } else {
+        "a batch counter cannot be negative"
+    };
+    Some(format!(
+        "tensor `{name}` holds {negative} negative value{} of {total} (the first, at index {i}, \
+         is {v}): {what}; the file is corrupt or was not written from a trained model",
+        if negative == 1 { "" } else { "s" }
+    ))
+}
+
+/// An IEEE half-precision value, widened exactly.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
+    let exponent = i32::from((h >> 10) & 0x1f);
+    let mantissa = f32::from(h & 0x3ff);
+    match exponent {
+        0 => sign * mantissa * 2f32.powi(-24),
+        0x1f if mantissa == 0.0 => sign * f32::INFINITY,
+        0x1f => f32::NAN,
+        e => sign * (1.0 + mantissa / 1024.0) * 2f32.powi(e - 15),
     }
 }
 
@@ -572,6 +712,171 @@ mod tests {
         assert!(matches!(err, Err(Error::BadFile { .. })), "{err:?}");
         let err = store.load_from_bytes(&[], Path::new("x.safetensors"));
         assert!(matches!(err, Err(Error::BadFile { .. })), "{err:?}");
+        Ok(())
+    }
+
+    /// A safetensors file of `(name, dtype, shape, little-endian bytes)`.
+    fn file(tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>) -> Vec<u8> {
+        let views = tensors
+            .into_iter()
+            .map(|(n, dtype, shape, data)| (n.to_string(), RawTensor { dtype, shape, data }));
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// A store holding `conv.weight` (4 values) and `bn.running_var` (3 values).
+    fn two_tensor_store() -> candle_core::Result<ParamStore> {
+        let store = ParamStore::new(0, &Device::Cpu);
+        store
+            .var_builder()
+            .get_with_hints(4, "conv.weight", Init::Const(0.5))?;
+        store
+            .var_builder()
+            .get_with_hints(3, "bn.running_var", Init::Const(1.0))?;
+        Ok(store)
+    }
+
+    fn load_err(store: &ParamStore, bytes: &[u8]) -> String {
+        match store.load_from_bytes(bytes, Path::new("dir/w.safetensors")) {
+            Err(e @ Error::BadFile { .. }) => e.to_string(),
+            other => panic!("expected a bad-file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_naming_tensor_and_file() -> candle_core::Result<()> {
+        let store = two_tensor_store()?;
+        let var = f32s(&[1.0, 1.0, 1.0]);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let bytes = file(vec![
+                (
+                    "conv.weight",
+                    Dtype::F32,
+                    vec![4],
+                    f32s(&[0.1, bad, 0.2, bad]),
+                ),
+                ("bn.running_var", Dtype::F32, vec![3], var.clone()),
+            ]);
+            let err = load_err(&store, &bytes);
+            assert!(
+                err.contains("dir/w.safetensors") && err.contains("`conv.weight`"),
+                "{err}"
+            );
+            assert!(err.contains("2 non-finite values of 4"), "{err}");
+            assert!(err.contains("index 1"), "{err}");
+            let early = check_values(&bytes, Path::new("dir/w.safetensors"));
+            assert!(matches!(early, Err(Error::BadFile { .. })), "{early:?}");
+        }
+        // Nothing was loaded.
+        let kept = store.get("conv.weight").map(|v| v.to_vec1::<f32>());
+        assert_eq!(kept.transpose()?, Some(vec![0.5; 4]));
+        // Half-precision files too: f16 NaN and infinities, a bf16 NaN (1.0 first).
+        let halves = [
+            (Dtype::F16, 0x3c00u16, 0x7e00u16),
+            (Dtype::F16, 0x3c00, 0x7c00),
+            (Dtype::F16, 0x3c00, 0xfc00),
+            (Dtype::BF16, 0x3f80, 0x7fc0),
+            (Dtype::BF16, 0x3f80, 0x7f80),
+        ];
+        for (dtype, one, bad) in halves {
+            let data: Vec<u8> = [one, bad, 0, 0]
+                .iter()
+                .flat_map(|b| b.to_le_bytes())
+                .collect();
+            let bytes = file(vec![
+                ("conv.weight", dtype, vec![4], data),
+                ("bn.running_var", Dtype::F32, vec![3], var.clone()),
+            ]);
+            let err = load_err(&store, &bytes);
+            assert!(err.contains("`conv.weight`"), "{dtype:?} {bad:#x}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn impossible_buffers_are_refused() -> Result<()> {
+        let store = two_tensor_store()?;
+        let weight = (
+            "conv.weight",
+            Dtype::F32,
+            vec![4],
+            f32s(&[0.1, -2.0, 0.2, 3.0]),
+        );
+        let bytes = file(vec![
+            weight.clone(),
+            (
+                "bn.running_var",
+                Dtype::F32,
+                vec![3],
+                f32s(&[1.0, -0.25, 2.0]),
+            ),
+        ]);
+        let err = load_err(&store, &bytes);
+        assert!(
+            err.contains("`bn.running_var`") && err.contains("running variance cannot be negative"),
+            "{err}"
+        );
+        assert!(err.contains("-0.25") && err.contains("index 1"), "{err}");
+        // Zero (and negative zero) variances are possible: a channel that never fired.
+        let bytes = file(vec![
+            weight,
+            (
+                "bn.running_var",
+                Dtype::F32,
+                vec![3],
+                f32s(&[0.0, -0.0, 2.0]),
+            ),
+        ]);
+        store.load_from_bytes(&bytes, Path::new("w.safetensors"))?;
+        assert_eq!(
+            store
+                .get("conv.weight")
+                .map(|v| v.to_vec1::<f32>())
+                .transpose()?,
+            Some(vec![0.1, -2.0, 0.2, 3.0])
+        );
+        // A negative batch counter.
+        let counter = (-3i64).to_le_bytes().to_vec();
+        let problem = value_problem("bn.num_batches_tracked", Dtype::I64, &counter);
+        assert!(
+            problem
+                .as_deref()
+                .is_some_and(|p| p.contains("batch counter cannot be negative")),
+            "{problem:?}"
+        );
+        assert_eq!(
+            value_problem("bn.num_batches_tracked", Dtype::I64, &5i64.to_le_bytes()),
+            None
+        );
+        // Negative values elsewhere are ordinary weights.
+        assert_eq!(
+            value_problem("bn.running_mean", Dtype::F32, &f32s(&[-1.0])),
+            None
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn half_precision_is_widened_exactly() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
+        assert_eq!(f16_to_f32(0xfc00), f32::NEG_INFINITY);
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    #[test]
+    fn first_non_finite_names_the_tensor() -> Result<()> {
+        let store = two_tensor_store()?;
+        assert_eq!(store.first_non_finite()?, None);
+        if let Some(var) = store.get("bn.running_var") {
+            var.set(&Tensor::new(&[1.0f32, f32::INFINITY, 1.0], &Device::Cpu)?)?;
+        }
+        assert_eq!(store.first_non_finite()?, Some("bn.running_var".into()));
         Ok(())
     }
 

@@ -54,10 +54,9 @@ pub enum SealError {
         /// The kind of secret the caller expected.
         expected: String,
     },
-    /// A sealed file from a newer harness.
-    #[error(
-        "sealed file format version {found} is newer than this harness understands (version {VERSION}); upgrade the harness"
-    )]
+    /// A sealed file of a format version this harness does not read: from a newer harness, or
+    /// from an older one whose format was retired. The message says which, and what to do.
+    #[error("{}", version_message(*.found))]
     Version {
         /// Version found in the file.
         found: u8,
@@ -84,9 +83,19 @@ pub enum SealError {
     },
     /// The file is passphrase-protected and none was given.
     #[error(
-        "this {purpose} file is protected by a passphrase; give it (e.g. --passphrase-env VAR)"
+        "this {purpose} file is protected by a passphrase, and none was given; give it (e.g. --passphrase-env VAR)"
     )]
     NeedsPassphrase {
+        /// Kind of secret.
+        purpose: String,
+    },
+    /// A passphrase was given for a file sealed without one. Refused rather than ignored: the
+    /// caller believes the file is protected by that passphrase, and it is not (anyone holding
+    /// the file can open it).
+    #[error(
+        "this {purpose} file has no passphrase (it was sealed without one), but a passphrase was given; open it without one (drop --passphrase-env), and keep the file private"
+    )]
+    UnexpectedPassphrase {
         /// Kind of secret.
         purpose: String,
     },
@@ -107,6 +116,22 @@ pub enum SealError {
     /// A KDF or cipher parameter was rejected.
     #[error("sealing failed: {0}")]
     Crypto(String),
+}
+
+/// What to say about a sealed file of format version `found`.
+fn version_message(found: u8) -> String {
+    if found > VERSION {
+        format!(
+            "sealed file format version {found} is newer than this harness reads (version \
+             {VERSION}); upgrade the harness"
+        )
+    } else {
+        format!(
+            "sealed file format version {found} is older than this harness reads (version \
+             {VERSION}); open it with the harness release that wrote it, or make it again with \
+             this one"
+        )
+    }
 }
 
 /// A 256-bit secret from the operating system's random source, wiped from memory on drop.
@@ -302,13 +327,12 @@ pub fn open(
             purpose: purpose.to_string(),
         });
     }
-    // A passphrase given for a file sealed without one is ignored: the file is not secret.
-    let pass = if p.header.needs_passphrase {
-        passphrase
-    } else {
-        None
-    };
-    let key = derive_key(&p.kdf, pass, p.salt)?;
+    if !p.header.needs_passphrase && passphrase.is_some() {
+        return Err(SealError::UnexpectedPassphrase {
+            purpose: purpose.to_string(),
+        });
+    }
+    let key = derive_key(&p.kdf, passphrase, p.salt)?;
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&key[..]));
     cipher
         .decrypt(
@@ -393,6 +417,15 @@ mod tests {
             open(&f, "licence", &BIND, Some("nope")),
             Err(SealError::Authentication { .. })
         ));
+        // A passphrase for a file sealed without one is refused, not ignored.
+        let plain = seal(b"x", "licence", &BIND, None).unwrap();
+        let err = open(&plain, "licence", &BIND, Some("pw")).unwrap_err();
+        assert!(
+            matches!(err, SealError::UnexpectedPassphrase { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("has no passphrase"), "{err}");
+        assert!(open(&plain, "licence", &BIND, None).is_ok());
         assert!(matches!(
             open(b"hello", "licence", &BIND, None),
             Err(SealError::NotSealed { .. })
@@ -401,6 +434,31 @@ mod tests {
             open(&f[..f.len() - 20], "licence", &BIND, Some("pw")),
             Err(SealError::Authentication { .. }) | Err(SealError::NotSealed { .. })
         ));
+    }
+
+    #[test]
+    fn versions_are_called_older_or_newer() {
+        let f = seal(b"x", "licence", &BIND, None).unwrap();
+        assert_eq!(f[MAGIC.len()], VERSION);
+        let with_version = |v: u8| {
+            let mut g = f.clone();
+            g[MAGIC.len()] = v;
+            open(&g, "licence", &BIND, None).unwrap_err()
+        };
+        let newer = with_version(VERSION + 1);
+        assert!(matches!(newer, SealError::Version { .. }), "{newer:?}");
+        let text = newer.to_string();
+        assert!(
+            text.contains("newer") && text.contains("upgrade the harness"),
+            "{text}"
+        );
+        let older = with_version(VERSION - 1).to_string();
+        assert!(
+            older.contains("older")
+                && !older.contains("newer")
+                && older.contains("release that wrote it"),
+            "{older}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod data;
 pub mod eval;
 pub mod list;
 pub mod merge;
+mod output;
 pub mod protect;
 pub mod run;
 mod setup;

@@ -15,6 +15,7 @@ use defences::selective_encryption::{self as se, PssConfig, Ranking};
 use harness_core::{Arch, ModelSpec, ParamStore, Task};
 use serde_json::json;
 
+use super::output::{refuse_overwrite, write, write_secret};
 use super::setup::{load_split, print_json};
 use crate::cli::DataOpts;
 use crate::exit::UsageError;
@@ -106,6 +107,10 @@ pub struct EncryptArgs {
     /// Protect the key file with the passphrase held in this environment variable.
     #[arg(long, value_name = "VAR")]
     pub passphrase_env: Option<String>,
+    /// Overwrite --out and --keys if they exist (by default an existing file is refused: a
+    /// replaced key file makes every model encrypted under the old key undecryptable).
+    #[arg(long)]
+    pub force: bool,
     /// Compute device for PSS: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -132,6 +137,9 @@ pub struct LicenceArgs {
     /// The key file's passphrase is in this environment variable.
     #[arg(long, value_name = "VAR")]
     pub passphrase_env: Option<String>,
+    /// Overwrite --out if it exists (by default an existing file is refused).
+    #[arg(long)]
+    pub force: bool,
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -149,6 +157,9 @@ pub struct DecryptArgs {
     /// Where to write the decrypted model.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub out: PathBuf,
+    /// Overwrite --out if it exists (by default an existing file is refused).
+    #[arg(long)]
+    pub force: bool,
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -165,17 +176,6 @@ pub fn run(args: ProtectArgs) -> anyhow::Result<()> {
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("failed to read the {what} {}", path.display()))
-}
-
-fn write(path: &Path, bytes: &[u8], what: &str) -> anyhow::Result<()> {
-    harness_core::atomic_file::write_atomically(path, bytes)
-        .with_context(|| format!("failed to write the {what} {}", path.display()))
-}
-
-/// Key files and licences: owner-only permissions (0600 on Unix) from creation on.
-fn write_secret(path: &Path, bytes: &[u8], what: &str) -> anyhow::Result<()> {
-    harness_core::atomic_file::write_secret_atomically(path, bytes)
-        .with_context(|| format!("failed to write the {what} {}", path.display()))
 }
 
 /// The passphrase in environment variable `var` (never echoed).
@@ -206,6 +206,13 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
             UsageError("--model, --out and --keys must be three different files".into()).into(),
         );
     }
+    refuse_overwrite(
+        &args.keys,
+        "--keys",
+        args.force,
+        Some("every model encrypted under the key it holds would become undecryptable"),
+    )?;
+    refuse_overwrite(&args.out, "--out", args.force, None)?;
     if ranking == Ranking::Pss && args.dataset.is_none() {
         return Err(UsageError(
             "PSS ranking learns on data: give --dataset (and --data-dir), or pick --ranking random, l1 or mean".into(),
@@ -245,6 +252,9 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
         ..PssConfig::default()
     };
     let original = read(&args.model, "model")?;
+    // NaN or impossible weights are refused before the data is loaded and the kernels ranked.
+    harness_core::params::check_values(&original, &args.model)
+        .with_context(|| format!("refusing to encrypt {}", args.model.display()))?;
     let device = crate::device::parse(&args.device)?;
     let progress = !args.quiet;
     let data = match &args.dataset {
@@ -285,12 +295,14 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
         &device,
         progress,
     )
+    .map_err(|e| e.in_file(&args.model))
     .with_context(|| format!("failed to rank the kernels of {}", args.model.display()))?;
     let rank_seconds = rank_start.elapsed().as_secs_f64();
     let enc = se::encrypt(&original, &importance, &plan, pass.as_deref())
+        .map_err(|e| e.in_file(&args.model))
         .with_context(|| format!("failed to encrypt {}", args.model.display()))?;
-    write_secret(&args.keys, &enc.owner_key, "key file")?;
-    if let Err(e) = write(&args.out, &enc.model, "encrypted model") {
+    write_secret(&args.keys, &enc.owner_key, args.force, "key file")?;
+    if let Err(e) = write(&args.out, &enc.model, args.force, "encrypted model") {
         // Nothing half-done: a key file without its model is useless and confusing.
         let _ = std::fs::remove_file(&args.keys);
         return Err(e);
@@ -344,11 +356,29 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
 }
 
 fn licence(args: LicenceArgs) -> anyhow::Result<()> {
+    if same_file(&args.out, &args.keys) {
+        return Err(UsageError("--out must differ from --keys".into()).into());
+    }
+    refuse_overwrite(&args.out, "--out", args.force, None)?;
     let pass = passphrase(args.passphrase_env.as_deref())?;
     let key_file = read(&args.keys, "key file")?;
-    let lic = se::licence(&key_file, args.level, pass.as_deref())
+    let (owner, binding) = se::keys::open_owner_key(&key_file, pass.as_deref())
         .with_context(|| format!("failed to open the key file {}", args.keys.display()))?;
-    write_secret(&args.out, &lic, "licence")?;
+    // The key file opened: a level it lacks is the command line's mistake, not the file's.
+    if args.level > owner.levels {
+        return Err(UsageError(format!(
+            "--level {}: this level does not exist; the model of {} has levels 0 (nothing) to {} \
+             (everything)",
+            args.level,
+            args.keys.display(),
+            owner.levels
+        ))
+        .into());
+    }
+    let lic = se::keys::licence_for(&owner, args.level)
+        .and_then(|l| se::keys::seal_licence(&l, &binding))
+        .with_context(|| format!("failed to cut a level-{} licence", args.level))?;
+    write_secret(&args.out, &lic, args.force, "licence")?;
     if args.json {
         print_json(&json!({
             "command": "protect licence",
@@ -371,16 +401,19 @@ fn decrypt(args: DecryptArgs) -> anyhow::Result<()> {
     if same_file(&args.out, &args.model) || same_file(&args.out, &args.licence) {
         return Err(UsageError("--out must differ from --model and --licence".into()).into());
     }
+    refuse_overwrite(&args.out, "--out", args.force, None)?;
     let model = read(&args.model, "encrypted model")?;
     let lic = read(&args.licence, "licence")?;
-    let dec = se::decrypt(&model, &lic).with_context(|| {
-        format!(
-            "failed to decrypt {} with {}",
-            args.model.display(),
-            args.licence.display()
-        )
-    })?;
-    write(&args.out, &dec.model, "decrypted model")?;
+    let dec = se::decrypt(&model, &lic)
+        .map_err(|e| e.in_file(&args.model))
+        .with_context(|| {
+            format!(
+                "failed to decrypt {} with {}",
+                args.model.display(),
+                args.licence.display()
+            )
+        })?;
+    write(&args.out, &dec.model, args.force, "decrypted model")?;
     if args.json {
         print_json(&json!({
             "command": "protect decrypt",

@@ -8,6 +8,7 @@ use datasets::augment::Augment;
 use harness_core::train::{CrossEntropy, Schedule, SgdConfig, TrainConfig, TrainOptions, train};
 use serde_json::json;
 
+use super::output::{check_writable, refuse_overwrite, write};
 use super::setup::{build_model, limit, load_split, print_json};
 use crate::cli::TrainArgs;
 use crate::provenance::Provenance;
@@ -24,6 +25,25 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if let Schedule::Cosine { warmup_epochs } = &mut schedule {
         *warmup_epochs = args.warmup_epochs;
     }
+    // The outputs are checked before the data is loaded and the model trained: an existing file
+    // or an unwritable folder must not cost a training run.
+    let card = args.out.with_extension("json");
+    if card == args.out {
+        return Err(crate::exit::UsageError(format!(
+            "--out {}: the run card is written to FILE.json beside the weights; give the weights \
+             another extension (e.g. .safetensors)",
+            args.out.display()
+        ))
+        .into());
+    }
+    refuse_overwrite(&args.out, "--out", args.force, None)?;
+    refuse_overwrite(
+        &card,
+        "--out (its run card)",
+        args.force,
+        Some("the run card of --out is written there"),
+    )?;
+    check_writable(&args.out, "--out")?;
 
     let train_data = load_split(&args.data, Split::Train, progress)?;
     let test_data = load_split(&args.data, Split::Test, progress)?;
@@ -83,9 +103,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         args.batch_size.max(256),
         &device,
     )?;
-    params
-        .save(&args.out)
-        .with_context(|| format!("failed to save the weights to {}", args.out.display()))?;
+    let weights = params
+        .to_safetensors_bytes()
+        .context("failed to serialise the trained weights")?;
+    write(&args.out, &weights, args.force, "weights")?;
 
     // A resumed run's `train_seconds` covers this process only; the history covers every epoch,
     // so the whole run's cost is summed from it (a run carried over several sessions).
@@ -121,8 +142,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "weights": args.out,
         "provenance": provenance,
     });
-    let card = args.out.with_extension("json");
-    write_json_atomically(&card, &result)?;
+    write(
+        &card,
+        &serde_json::to_vec_pretty(&result)?,
+        args.force,
+        "run card",
+    )?;
     if args.run.json {
         print_json(&result)?;
     } else {
@@ -151,10 +176,4 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn write_json_atomically(path: &std::path::Path, value: &serde_json::Value) -> anyhow::Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)?;
-    harness_core::atomic_file::write_atomically(path, &bytes)
-        .with_context(|| format!("failed to write {}", path.display()))
 }

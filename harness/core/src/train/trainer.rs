@@ -171,6 +171,15 @@ pub fn train(
     if let Some(path) = opts.checkpoint.as_ref().filter(|p| p.exists()) {
         let ckpt = Checkpoint::load(path, device)?;
         ckpt.restore(&fingerprint, params, &mut opt)?;
+        if let Some(name) = params.first_non_finite()? {
+            return Err(Error::BadFile {
+                path: path.clone(),
+                message: format!(
+                    "tensor `{name}` holds NaN or infinite values: the checkpoint is corrupt or \
+                     comes from a diverged run; delete it to start afresh"
+                ),
+            });
+        }
         history = ckpt.history;
         if opts.log_epochs {
             eprintln!(
@@ -211,11 +220,10 @@ pub fn train(
             let n = batch.indices.len();
             let loss = out.loss.to_scalar::<f32>()? as f64;
             if !loss.is_finite() {
-                return Err(Error::Config(format!(
-                    "training diverged: loss is {loss} at epoch {} step {}; lower --lr",
-                    epoch + 1,
-                    i + 1
-                )));
+                return Err(Error::Diverged {
+                    epoch: epoch + 1,
+                    detail: format!("the loss is {loss} at step {} of {steps_per_epoch}", i + 1),
+                });
             }
             loss_sum += loss * n as f64;
             seen += n;
@@ -232,6 +240,16 @@ pub fn train(
             bar.inc(1);
         }
         bar.finish_and_clear();
+        // Once per epoch (a reduction per tensor; the per-step check above only sees the loss):
+        // weights or batch-norm statistics that stopped being finite, which a loss can hide (a
+        // NaN running variance is not used in training mode), fail the run before a checkpoint
+        // or the caller's save keeps them.
+        if let Some(name) = params.first_non_finite()? {
+            return Err(Error::Diverged {
+                epoch: epoch + 1,
+                detail: format!("tensor `{name}` holds NaN or infinite values"),
+            });
+        }
         let seconds = start.elapsed().as_secs_f64();
         train_seconds += seconds;
         images_this_run += seen;
@@ -308,6 +326,107 @@ fn format_epoch(s: &EpochStats, epochs: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Arch, ModelSpec};
+    use datasets::synthetic::{SyntheticSpec, generate};
+
+    /// 32 synthetic 8x8 images and a fresh ResNet-20 for them.
+    fn setup() -> Result<(ImageSet, ParamStore, Box<dyn Model>)> {
+        let spec = SyntheticSpec {
+            train: 32,
+            height: 8,
+            width: 8,
+            ..SyntheticSpec::default()
+        };
+        let set = generate(&spec, datasets::Split::Train);
+        let params = ParamStore::new(0, &Device::Cpu);
+        let model = crate::zoo::build(&ModelSpec::new(Arch::Resnet20, 10), &params)?;
+        Ok((set, params, model))
+    }
+
+    /// Trains the [`setup`] model for `epochs` at learning rate `lr`.
+    fn run(
+        (set, params, model): &(ImageSet, ParamStore, Box<dyn Model>),
+        epochs: usize,
+        lr: f64,
+        opts: &TrainOptions<'_>,
+    ) -> Result<TrainReport> {
+        let cfg = TrainConfig {
+            epochs,
+            batch_size: 16,
+            sgd: SgdConfig {
+                lr,
+                ..SgdConfig::default()
+            },
+            augment: None,
+            ..TrainConfig::default()
+        };
+        let objective = super::super::CrossEntropy;
+        train(&**model, params, set, &cfg, &objective, opts, &Device::Cpu)
+    }
+
+    #[test]
+    fn a_non_finite_loss_is_a_divergence_naming_the_epoch() -> Result<()> {
+        // NaN classifier weights after the first step: the second step's loss is NaN. (Not a
+        // conv: ReLU maps NaN to 0, so NaN conv weights can leave the loss finite.)
+        let fixture = setup()?;
+        let params = fixture.1.clone();
+        let poison = move || -> Result<()> {
+            if let Some(var) = params.get("fc.weight") {
+                var.set(&(var.as_tensor().ones_like()? * f64::NAN)?)?;
+            }
+            Ok(())
+        };
+        let opts = TrainOptions {
+            after_step: Some(&poison),
+            ..TrainOptions::default()
+        };
+        let err = run(&fixture, 3, 0.01, &opts).map(|_| ());
+        let Err(err @ Error::Diverged { epoch: 1, .. }) = err else {
+            panic!("expected a divergence in epoch 1, got {err:?}");
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("diverged at epoch 1") && text.contains("the loss is NaN at step 2 of 2"),
+            "{text}"
+        );
+        // An absurd learning rate: whichever check sees it first, it is a divergence.
+        let err = run(&setup()?, 3, 1e30, &TrainOptions::default()).map(|_| ());
+        assert!(
+            matches!(err, Err(Error::Diverged { epoch: 1, .. })),
+            "{err:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn non_finite_weights_that_the_loss_hides_fail_the_epoch() -> Result<()> {
+        // A NaN running variance does not reach the training-mode loss; the epoch check sees it.
+        let fixture = setup()?;
+        let params = fixture.1.clone();
+        let poison = move || -> Result<()> {
+            if let Some(var) = params.get("bn1.running_var") {
+                var.set(&(var.as_tensor().ones_like()? * f64::NAN)?)?;
+            }
+            Ok(())
+        };
+        let opts = TrainOptions {
+            after_step: Some(&poison),
+            ..TrainOptions::default()
+        };
+        let err = run(&fixture, 2, 0.01, &opts).map(|_| ());
+        let Err(err @ Error::Diverged { epoch: 1, .. }) = err else {
+            panic!("expected a divergence in epoch 1, got {err:?}");
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("diverged at epoch 1") && text.contains("`bn1.running_var`"),
+            "{text}"
+        );
+        // A healthy run passes the check.
+        let report = run(&setup()?, 1, 0.01, &TrainOptions::default())?;
+        assert_eq!(report.history.len(), 1);
+        Ok(())
+    }
 
     #[test]
     fn epochs_saved_before_the_build_tag_still_load_and_tagged_ones_round_trip() {
