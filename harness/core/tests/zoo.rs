@@ -169,7 +169,10 @@ fn export_for_torch_interop() -> Result<()> {
         reloaded.load(&dir.join(format!("{}.safetensors", arch.id())))?;
         let stored = candle_core::safetensors::load(&io_path, &Device::Cpu)?;
         let logits = stored["logits"].flatten_all()?.to_vec1::<f32>()?;
-        assert_eq!(logits, y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(
+            logits,
+            y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
+        );
         let x2 = &stored["x"];
         let y2 = again.forward_t(x2, false)?.to_dtype(DType::F32)?;
         assert_eq!(y2.flatten_all()?.to_vec1::<f32>()?, logits, "{arch:?}");
