@@ -147,7 +147,11 @@ fn full_licence_restores_the_original_bytes_and_partial_ones_do_not() {
     assert_ne!(enc.model, f.bytes);
     // Anyone can load and run the encrypted file.
     let stolen = model_from(&enc.model);
-    let _ = accuracy_of(&stolen, &f.test);
+    let acc = accuracy_of(&stolen, &f.test);
+    assert!(
+        (0.0..=1.0).contains(&acc),
+        "the encrypted model runs: {acc}"
+    );
     let full = decrypt(&enc.model, &licence(&enc.owner_key, 5, None).unwrap()).unwrap();
     assert_eq!(full.model, f.bytes, "byte-exact round trip");
     assert_eq!(full.level, 5);
