@@ -100,7 +100,8 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
     let mut data_cache: HashMap<String, (ImageSet, ImageSet)> = HashMap::new();
     for ((dataset, model, seed), cells) in groups {
         bar.set_message(format!("{dataset}/{model}/seed {seed}: data"));
-        let prepared = prepare_group(s, &mut data_cache, &dataset, &model, seed, &bar);
+        let prepared =
+            contain_panic(|| prepare_group(s, &mut data_cache, &dataset, &model, seed, &bar));
         let (slices, victim) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -118,7 +119,7 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
         let mut protected: HashMap<String, Result<ProtectedCell, String>> = HashMap::new();
         for cell in cells {
             bar.set_message(cell.id());
-            let rows = run_cell(s, plan, cell, &slices, &victim, &mut protected)
+            let rows = contain_panic(|| run_cell(s, plan, cell, &slices, &victim, &mut protected))
                 .map_err(|e| e.context(format!("cell {}", cell.id())));
             match rows {
                 Ok(rows) => log.append(&rows)?,
@@ -135,6 +136,22 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
         ran: pending.len(),
         skipped,
     })
+}
+
+/// Runs `f`, turning a panic (a bug in a component) into an error, so that it fails its cell
+/// with the panic's message instead of killing the run before the report is written.
+fn contain_panic<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            Err(anyhow::anyhow!("panicked (a bug; please report it): {msg}"))
+        }
+    }
 }
 
 fn overall_bar(show: bool, total: u64, done: u64) -> ProgressBar {
@@ -787,6 +804,17 @@ mod tests {
         rows.iter()
             .find(|r| r.metric == metric)
             .map(|r| (r.value, r.higher_is_better))
+    }
+
+    #[test]
+    fn a_panic_fails_its_cell_with_its_message() {
+        let err = contain_panic::<()>(|| panic!("index out of bounds")).unwrap_err();
+        assert!(
+            err.to_string().contains("panicked") && err.to_string().contains("out of bounds"),
+            "{err}"
+        );
+        let ok = contain_panic(|| Ok(3)).unwrap();
+        assert_eq!(ok, 3);
     }
 
     #[test]
