@@ -85,10 +85,9 @@ pub(crate) fn target(exposure: &Exposure, attack: &str) -> Result<Target> {
     let stolen = stolen_weights(exposure, attack)?;
     let info = PublicInfo::from_json(&stolen.public)?;
     let model = PlainModel::build(stolen.spec.clone(), stolen.params.deep_copy()?)?;
-    let all = model.model.stages();
     let mut stages = Vec::with_capacity(info.locked_stages.len());
     for s in &info.locked_stages {
-        let i = all.iter().position(|a| a.name == s.name).ok_or_else(|| {
+        let i = model.model.find_stage(&s.name).ok_or_else(|| {
             Error::Config(format!(
                 "the stolen `{}` has no stage `{}` (described as locked)",
                 stolen.spec.arch, s.name
@@ -162,7 +161,7 @@ impl EdgeProGuess {
                     (i, factors(c, neurons, &vec![lambda; neurons.len()], 1.0))
                 })
                 .collect();
-            MaskHook::new(&stages, &masks, ctx.device)
+            MaskHook::new(stages, &masks, ctx.device)
         };
         let eval_set = ctx.attacker_data.select(&sample_indices(
             ctx.attacker_data.len(),

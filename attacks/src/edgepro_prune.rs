@@ -96,7 +96,7 @@ impl EdgeProPrune {
             pruned += neurons.len();
             masks.push((i, factors(c, &neurons, &vec![0.0; neurons.len()], 1.0)));
         }
-        let hook = MaskHook::new(&t.model.model.stages(), &masks, ctx.device)?;
+        let hook = MaskHook::new(t.model.model.stages(), &masks, ctx.device)?;
         let model = HookedModel::new(t.model, hook, 0);
         if self.config.fine_tune && budget.epochs > 0 {
             let cfg = recipe(ctx, budget.epochs, self.config.lr, "edgepro-prune/train");

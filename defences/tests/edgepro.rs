@@ -124,17 +124,21 @@ fn accuracy(model: &dyn Deployed, set: &ImageSet) -> f64 {
 fn authorised_neurons_come_from_the_top_of_the_ranking_in_the_right_numbers() {
     let f = fixture();
     let d = edgepro(EdgeProConfig::default());
-    let stages = f.victim.model.model.stages();
+    let model = f.victim.model.model.as_ref();
+    let stages = model.stages();
+    let groups = model.groups();
     let a = d.make_password(&ctx(f, 1), &f.victim.model, 1).unwrap();
     let rankings = d.rankings(&ctx(f, 1), &f.victim.model, 1).unwrap();
     assert_eq!(
         a.locks.len(),
-        stages.len(),
-        "every stage is locked by default"
+        groups.len(),
+        "every group (stem, layer1..3, pool) is locked by default"
     );
-    for ((lock, (index, ranking)), info) in a.locks.iter().zip(&rankings).zip(&stages) {
-        assert_eq!(lock.stage, info.name);
-        assert_eq!(lock.stage, stages[*index].name);
+    for ((lock, (index, ranking)), (at, group)) in a.locks.iter().zip(&rankings).zip(&groups) {
+        let info = &stages[*index];
+        assert_eq!(index, at);
+        assert_eq!(&lock.stage, group);
+        assert_eq!(info.group.as_ref(), Some(group));
         assert_eq!(
             lock.neurons.len(),
             lock_count(info.channels, 0.1),

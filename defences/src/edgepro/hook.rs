@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use harness_core::protect::{Deployed, PlainModel};
-use harness_core::zoo::{StageHook, StageInfo};
+use harness_core::zoo::{Pass, StageHook, StageInfo};
 use harness_core::{Error, Model, ModelSpec, Result};
 
 /// Multiplies the channels of chosen stages by fixed factors. One mask per stage index of the
@@ -113,26 +113,33 @@ impl HookedModel {
 }
 
 impl Model for HookedModel {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.plain.model.forward_hooked(xs, train, &self.hook)
-    }
-
     fn spec(&self) -> &ModelSpec {
         &self.plain.spec
     }
 
-    fn stages(&self) -> Vec<StageInfo> {
+    fn stages(&self) -> &[StageInfo] {
         self.plain.model.stages()
+    }
+
+    /// The wrapped model's stage, then this hook's mask (before any hook of the pass, which
+    /// sees what the locked model computes).
+    fn run_stage(&self, stage: usize, xs: &Tensor, pass: &Pass<'_>) -> candle_core::Result<Tensor> {
+        let ys = self.plain.model.run_stage(stage, xs, pass)?;
+        self.hook.on_stage(stage, ys)
+    }
+
+    fn exit_stages(&self) -> &[usize] {
+        self.plain.model.exit_stages()
+    }
+
+    fn run_exit(&self, exit: usize, xs: &Tensor, pass: &Pass<'_>) -> candle_core::Result<Tensor> {
+        self.plain.model.run_exit(exit, xs, pass)
     }
 }
 
 impl Deployed for HookedModel {
     fn logits(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .plain
-            .model
-            .forward_hooked(images, false, &self.hook)?
-            .detach())
+        Ok(self.forward_t(images, false)?.detach())
     }
 
     fn model_bytes(&self) -> usize {
@@ -157,16 +164,7 @@ mod tests {
     use candle_core::DType;
 
     fn stages() -> Vec<StageInfo> {
-        vec![
-            StageInfo {
-                name: "a".into(),
-                channels: 3,
-            },
-            StageInfo {
-                name: "b".into(),
-                channels: 2,
-            },
-        ]
+        vec![StageInfo::map("a", 3, 1), StageInfo::vector("b", 2)]
     }
 
     #[test]

@@ -37,12 +37,12 @@ pub mod selection;
 
 use std::sync::Arc;
 
+use harness_core::Model;
 use harness_core::eval::evaluate;
 use harness_core::protect::{
     Defence, DefenceContext, Measure, PlainModel, Protected, StolenWeights, Victim, settings,
 };
 use harness_core::train::{SgdConfig, TrainOptions, TrainReport, train};
-use harness_core::zoo::StageInfo;
 use harness_core::{Error, ParamStore, Result};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -68,7 +68,8 @@ pub enum Init {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeProConfig {
-    /// Stage names to lock (see each zoo model's stages); default: every stage.
+    /// Stages to lock, by group (`layer1`, `block3`, `pool`: the lock points of the reference
+    /// code) or by stage name (`layer1.0`); default: every group.
     pub stages: Option<Vec<String>>,
     /// Fraction of each locked stage's neurons authorised: `floor(gamma x N) + 1` (0.1).
     pub gamma: f64,
@@ -219,22 +220,26 @@ impl EdgePro {
         &self.config
     }
 
-    /// Indices (into `stages`) of the stages to lock.
-    fn locked_stage_indices(&self, stages: &[StageInfo], arch: &str) -> Result<Vec<usize>> {
-        if stages.is_empty() {
+    /// Indices (into the model's stages) of the stages to lock: the groups named in `stages`
+    /// (or any stage by its own name), by default every group (the lock points of the
+    /// reference code, one per resolution).
+    fn locked_stage_indices(&self, model: &dyn Model) -> Result<Vec<usize>> {
+        let arch = model.spec().arch;
+        let groups = model.groups();
+        if groups.is_empty() {
             return Err(Error::Config(format!(
                 "`{arch}` has no stages to lock (edgepro needs a classifier of the zoo)"
             )));
         }
         let Some(names) = &self.config.stages else {
-            return Ok((0..stages.len()).collect());
+            return Ok(groups.into_iter().map(|(i, _)| i).collect());
         };
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            let i = stages.iter().position(|s| &s.name == name).ok_or_else(|| {
-                let all: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+            let i = model.find_stage(name).ok_or_else(|| {
+                let all: Vec<&str> = groups.iter().map(|(_, g)| g.as_str()).collect();
                 Error::Config(format!(
-                    "`{arch}` has no stage `{name}`{}; its stages: {}",
+                    "`{arch}` has no stage `{name}`{}; its lock points: {} (or any stage by its name, see `harness list`)",
                     datasets::names::did_you_mean(&datasets::names::suggest(
                         name,
                         all.iter().copied()
@@ -258,8 +263,7 @@ impl EdgePro {
         model: &PlainModel,
         seed: u64,
     ) -> Result<Vec<(usize, Vec<usize>)>> {
-        let stages = model.model.stages();
-        let locked = self.locked_stage_indices(&stages, model.spec.arch.id())?;
+        let locked = self.locked_stage_indices(model.model.as_ref())?;
         let images = sample_indices(
             ctx.owner_data.len(),
             self.config.rank_images,
@@ -296,9 +300,9 @@ impl EdgePro {
         };
         let mut locks = Vec::with_capacity(rankings.len());
         for (i, order) in rankings {
-            let info = stages
-                .get(i)
-                .ok_or_else(|| Error::Config(format!("stage index {i} out of range")))?;
+            let (Some(info), Some(address)) = (stages.get(i), model.model.stage_address(i)) else {
+                return Err(Error::Config(format!("stage index {i} out of range")));
+            };
             let neurons = selection::select_neurons(
                 &order,
                 self.config.gamma,
@@ -308,7 +312,7 @@ impl EdgePro {
             .map_err(|e| Error::Config(format!("stage `{}`: {e}", info.name)))?;
             let values = vec![self.config.locking_value as f32; neurons.len()];
             locks.push(StageLock {
-                stage: info.name.clone(),
+                stage: address,
                 channels: info.channels,
                 neurons,
                 values,

@@ -55,22 +55,19 @@ impl Password {
         let stages = model.stages();
         let mut masks = Vec::with_capacity(self.locks.len());
         for lock in &self.locks {
-            let index = stages
-                .iter()
-                .position(|s| s.name == lock.stage)
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "the password locks stage `{}`, which `{}` does not have",
-                        lock.stage,
-                        model.spec().arch
-                    ))
-                })?;
+            let index = model.find_stage(&lock.stage).ok_or_else(|| {
+                Error::Config(format!(
+                    "the password locks stage `{}`, which `{}` does not have",
+                    lock.stage,
+                    model.spec().arch
+                ))
+            })?;
             masks.push((
                 index,
                 factors(lock.channels, &lock.neurons, &lock.values, self.scale),
             ));
         }
-        MaskHook::new(&stages, &masks, device)
+        MaskHook::new(stages, &masks, device)
     }
 
     /// Authorised neurons over all stages.

@@ -75,12 +75,9 @@ pub fn build_model(
         ))
         .into());
     }
-    let spec = ModelSpec {
-        arch,
-        num_classes: set.num_classes(),
-        in_channels: set.channels,
-        width: opts.width,
-    };
+    let spec = ModelSpec::new(arch, set.num_classes())
+        .with_in_channels(set.channels)
+        .with_width(opts.width);
     let params = ParamStore::new(seed, device);
     let model = harness_core::zoo::build(&spec, &params)
         .with_context(|| format!("failed to build `{}`", arch.id()))?;

@@ -225,16 +225,13 @@ fn prepare_group(
     };
 
     let arch = Arch::parse(model)?;
-    let spec = ModelSpec {
-        arch,
-        num_classes: owner.num_classes(),
-        in_channels: owner.channels,
-        width: if arch.has_width() {
+    let spec = ModelSpec::new(arch, owner.num_classes())
+        .with_in_channels(owner.channels)
+        .with_width(if arch.has_width() {
             m.victim.width
         } else {
             1.0
-        },
-    };
+        });
     let task = if arch.is_classifier() {
         Task::Classification
     } else {

@@ -210,12 +210,7 @@ mod tests {
         )
         .unwrap();
         let set = set.select(&(0..64).collect::<Vec<_>>());
-        let spec = ModelSpec {
-            arch: Arch::Dncnn,
-            num_classes: 0,
-            in_channels: set.channels,
-            width: 1.0,
-        };
+        let spec = ModelSpec::new(Arch::Dncnn, 0).with_in_channels(set.channels);
         let params = ParamStore::new(0, &dev);
         let model = crate::zoo::build(&spec, &params).unwrap();
         let cfg = TrainConfig {

@@ -17,11 +17,16 @@
 //! | `dncnn.{3+3j}.{weight,bias,running_mean,running_var,num_batches_tracked}` | its batch norm (`dncnn.{4+3j}` is the ReLU) |
 //! | `dncnn.47.weight` | last conv, in_channels x 64 x 3 x 3 |
 
-use candle_core::{Result, Tensor, bail};
-use candle_nn::{Module, VarBuilder};
+//!
+//! Stages: one, `dncnn` (the whole network with its residual subtraction: a stage needs its
+//! input, and the residual reaches from the first layer to the last).
 
-use super::{Arch, Model, ModelSpec};
-use crate::nn::{BatchNorm2d, Conv2d, Conv2dConfig, batch_norm2d, conv2d, conv2d_no_bias, relu};
+use candle_core::{Result, Tensor, bail};
+use candle_nn::VarBuilder;
+
+use super::network::Architecture;
+use super::{Act, Arch, ConvBn, ModelSpec, Pass, StageInfo};
+use crate::nn::Conv2dConfig;
 
 /// Convolution layers in all.
 const DEPTH: usize = 17;
@@ -31,58 +36,83 @@ const FEATURES: usize = 64;
 /// The DnCNN denoiser.
 #[derive(Debug, Clone)]
 pub struct DnCnn {
-    spec: ModelSpec,
-    first: Conv2d,
-    middle: Vec<(Conv2d, BatchNorm2d)>,
-    last: Conv2d,
+    first: ConvBn,
+    middle: Vec<ConvBn>,
+    last: ConvBn,
+    stages: Vec<StageInfo>,
 }
 
 impl DnCnn {
     /// Builds DnCNN with its variables under `vb`.
-    pub fn new(spec: ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
+    pub fn new(spec: &ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
         if spec.arch != Arch::Dncnn {
             bail!("`{}` is not dncnn", spec.arch.id())
         }
         let vs = vb.pp("dncnn");
         let same = Conv2dConfig::new(1, 1);
-        let first = conv2d(spec.in_channels, FEATURES, 3, same, vs.pp(0))?;
+        let first = ConvBn::plain(
+            spec.in_channels,
+            FEATURES,
+            3,
+            same,
+            true,
+            Act::Relu,
+            vs.pp(0),
+        )?;
         let mut middle = Vec::with_capacity(DEPTH - 2);
         for j in 0..DEPTH - 2 {
-            let conv = conv2d_no_bias(FEATURES, FEATURES, 3, same, vs.pp(2 + 3 * j))?;
-            let bn = batch_norm2d(FEATURES, vs.pp(3 + 3 * j))?;
-            middle.push((conv, bn));
+            middle.push(ConvBn::with_bn(
+                FEATURES,
+                FEATURES,
+                3,
+                same,
+                Act::Relu,
+                vs.pp(2 + 3 * j),
+                vs.pp(3 + 3 * j),
+            )?);
         }
-        let last = conv2d_no_bias(
+        let last = ConvBn::plain(
             FEATURES,
             spec.in_channels,
             3,
             same,
+            false,
+            Act::Identity,
             vs.pp(2 + 3 * (DEPTH - 2)),
         )?;
+        let mut params = first.param_names();
+        for unit in &middle {
+            params.extend(unit.param_names());
+        }
+        params.extend(last.param_names());
+        let stages = vec![StageInfo::map("dncnn", spec.in_channels, 1).owning(params)];
         Ok(Self {
-            spec,
             first,
             middle,
             last,
+            stages,
         })
     }
 
     /// The predicted noise (the network's output before the residual subtraction).
-    pub fn noise_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let mut ys = relu(&self.first.forward(xs)?)?;
-        for (conv, bn) in &self.middle {
-            ys = bn.forward_relu_t(&conv.forward(&ys)?, train)?;
+    pub fn noise(&self, xs: &Tensor, pass: &Pass<'_>) -> Result<Tensor> {
+        let mut ys = self.first.forward(xs, pass)?;
+        for unit in &self.middle {
+            ys = unit.forward(&ys, pass)?;
         }
-        self.last.forward(&ys)
+        self.last.forward(&ys, pass)
     }
 }
 
-impl Model for DnCnn {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        xs - self.noise_t(xs, train)?
+impl Architecture for DnCnn {
+    fn stages(&self) -> &[StageInfo] {
+        &self.stages
     }
 
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
+    fn run_stage(&self, stage: usize, xs: &Tensor, pass: &Pass<'_>) -> Result<Tensor> {
+        if stage != 0 {
+            bail!("dncnn has one stage, not {}", stage + 1)
+        }
+        xs - self.noise(xs, pass)?
     }
 }

@@ -30,17 +30,17 @@
 //! with i in 0..17 and `*` the five batch-norm tensors (`weight`, `bias`, `running_mean`,
 //! `running_var`, `num_batches_tracked`).
 //!
-//! Stages (for [`super::StageHook`]s): `stem`, `stage1`..`stage4` (the last block of each group
-//! of blocks with one output resolution: blocks 2, 5, 12 and 16), `pool` (the classifier's input).
+//! Stages ([`super::StageInfo`]): `stem`, every block (`layers.0` .. `layers.16`), `conv2`
+//! (the 1x1 convolution to 1280 channels), `pool` (the 1280 pooled units) and `linear` (the
+//! logits). Groups: `stem`, `stage1`..`stage4` (the last block of each group of blocks with one
+//! output resolution: blocks 2, 5, 12 and 16; 32, 16, 8, 4 at 32x32 inputs) and `pool`.
 
 use candle_core::{Result, Tensor, bail};
-use candle_nn::{Module, ModuleT, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{Arch, Model, ModelSpec, StageHook, StageInfo, at_stage};
-use crate::nn::{
-    BatchNorm2d, Conv2d, Conv2dConfig, Linear, batch_norm2d, conv2d_no_bias, global_avg_pool2d,
-    linear,
-};
+use super::network::Architecture;
+use super::{Act, Arch, ConvBn, Dense, ModelSpec, Pass, StageInfo};
+use crate::nn::{Conv2dConfig, global_avg_pool2d};
 
 /// (expansion, output channels, blocks, first stride).
 const CFG: [(usize, usize, usize, usize); 7] = [
@@ -56,14 +56,11 @@ const CFG: [(usize, usize, usize, usize); 7] = [
 /// Expand - depthwise - project, with a shortcut at stride 1.
 #[derive(Debug, Clone)]
 struct Block {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    conv3: Conv2d,
-    bn3: BatchNorm2d,
+    expand: ConvBn,
+    depthwise: ConvBn,
+    project: ConvBn,
     stride: usize,
-    shortcut: Option<(Conv2d, BatchNorm2d)>,
+    shortcut: Option<ConvBn>,
 }
 
 impl Block {
@@ -75,80 +72,110 @@ impl Block {
         vb: VarBuilder<'_>,
     ) -> Result<Self> {
         let planes = expansion * cin;
-        let conv1 = conv2d_no_bias(cin, planes, 1, Conv2dConfig::default(), vb.pp("conv1"))?;
-        let bn1 = batch_norm2d(planes, vb.pp("bn1"))?;
+        let one = Conv2dConfig::default();
+        let expand = ConvBn::with_bn(cin, planes, 1, one, Act::Relu, vb.pp("conv1"), vb.pp("bn1"))?;
         let dw = Conv2dConfig::new(stride, 1).with_groups(planes);
-        let conv2 = conv2d_no_bias(planes, planes, 3, dw, vb.pp("conv2"))?;
-        let bn2 = batch_norm2d(planes, vb.pp("bn2"))?;
-        let conv3 = conv2d_no_bias(planes, cout, 1, Conv2dConfig::default(), vb.pp("conv3"))?;
-        let bn3 = batch_norm2d(cout, vb.pp("bn3"))?;
+        let depthwise = ConvBn::with_bn(
+            planes,
+            planes,
+            3,
+            dw,
+            Act::Relu,
+            vb.pp("conv2"),
+            vb.pp("bn2"),
+        )?;
+        let project = ConvBn::with_bn(
+            planes,
+            cout,
+            1,
+            one,
+            Act::Identity,
+            vb.pp("conv3"),
+            vb.pp("bn3"),
+        )?;
         let shortcut = if stride == 1 && cin != cout {
             let vs = vb.pp("shortcut");
-            let conv = conv2d_no_bias(cin, cout, 1, Conv2dConfig::default(), vs.pp("0"))?;
-            Some((conv, batch_norm2d(cout, vs.pp("1"))?))
+            Some(ConvBn::with_bn(
+                cin,
+                cout,
+                1,
+                one,
+                Act::Identity,
+                vs.pp("0"),
+                vs.pp("1"),
+            )?)
         } else {
             None
         };
         Ok(Self {
-            conv1,
-            bn1,
-            conv2,
-            bn2,
-            conv3,
-            bn3,
+            expand,
+            depthwise,
+            project,
             stride,
             shortcut,
         })
     }
 
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
-        let ys = self.bn2.forward_relu_t(&self.conv2.forward(&ys)?, train)?;
-        let ys = self.bn3.forward_t(&self.conv3.forward(&ys)?, train)?;
+    fn forward(&self, xs: &Tensor, pass: &Pass<'_>) -> Result<Tensor> {
+        let ys = self.expand.forward(xs, pass)?;
+        let ys = self.depthwise.forward(&ys, pass)?;
+        let ys = self.project.forward(&ys, pass)?;
         if self.stride != 1 {
             return Ok(ys);
         }
         let short = match &self.shortcut {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(xs)?, train)?,
+            Some(unit) => unit.forward(xs, pass)?,
             None => xs.clone(),
         };
         ys + short
+    }
+
+    fn param_names(&self) -> Vec<String> {
+        let mut names = self.expand.param_names();
+        names.extend(self.depthwise.param_names());
+        names.extend(self.project.param_names());
+        if let Some(unit) = &self.shortcut {
+            names.extend(unit.param_names());
+        }
+        names
     }
 }
 
 /// MobileNetV2, CIFAR variant.
 #[derive(Debug, Clone)]
 pub struct MobileNetV2 {
-    spec: ModelSpec,
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
+    stem: ConvBn,
     layers: Vec<Block>,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    linear: Linear,
-    /// Index of the last block of each group of equal resolution, and the stages.
-    stage_ends: Vec<usize>,
+    conv2: ConvBn,
+    linear: Dense,
     stages: Vec<StageInfo>,
 }
 
 impl MobileNetV2 {
     /// Builds MobileNetV2 with its variables under `vb`.
-    pub fn new(spec: ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
+    pub fn new(spec: &ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
         if spec.arch != Arch::MobilenetV2 {
             bail!("`{}` is not mobilenet-v2", spec.arch.id())
         }
-        let stem = spec.scaled(32);
-        let conv1 = conv2d_no_bias(
+        let stem_channels = spec.scaled(32);
+        let stem = ConvBn::with_bn(
             spec.in_channels,
-            stem,
+            stem_channels,
             3,
             Conv2dConfig::new(1, 1),
+            Act::Relu,
             vb.pp("conv1"),
+            vb.pp("bn1"),
         )?;
-        let bn1 = batch_norm2d(stem, vb.pp("bn1"))?;
+        let mut stages = vec![
+            StageInfo::map("stem", stem_channels, 1)
+                .owning(stem.param_names())
+                .ends("stem"),
+        ];
         let vl = vb.pp("layers");
         let mut layers = Vec::new();
-        let mut cin = stem;
+        let mut cin = stem_channels;
+        let mut strides = Vec::new();
         for (expansion, c, n, first_stride) in CFG {
             let cout = spec.scaled(c);
             for i in 0..n {
@@ -160,77 +187,59 @@ impl MobileNetV2 {
                     stride,
                     vl.pp(layers.len()),
                 )?);
+                strides.push(stride);
                 cin = cout;
             }
+        }
+        // A group ends where the next block halves the resolution, and at the last block.
+        let mut total = 1;
+        let mut group = 0;
+        for (i, block) in layers.iter().enumerate() {
+            total *= strides[i];
+            let mut info =
+                StageInfo::map(format!("layers.{i}"), block.project.out_channels(), total)
+                    .owning(block.param_names());
+            if strides.get(i + 1).is_none_or(|&next| next != 1) {
+                group += 1;
+                info = info.ends(format!("stage{group}"));
+            }
+            stages.push(info);
         }
         let last = if spec.width > 1.0 {
             spec.scaled(1280)
         } else {
             1280
         };
-        let conv2 = conv2d_no_bias(cin, last, 1, Conv2dConfig::default(), vb.pp("conv2"))?;
-        let bn2 = batch_norm2d(last, vb.pp("bn2"))?;
-        let linear = linear(last, spec.num_classes, vb.pp("linear"))?;
-        // A group ends where the next block halves the resolution, and at the last block.
-        let stage_ends: Vec<usize> = (0..layers.len())
-            .filter(|&i| layers.get(i + 1).is_none_or(|next| next.stride != 1))
-            .collect();
-        let mut stages = vec![StageInfo::new("stem", stem)];
-        for (g, &end) in stage_ends.iter().enumerate() {
-            let channels = layers[end].bn3.num_features();
-            stages.push(StageInfo::new(format!("stage{}", g + 1), channels));
-        }
-        stages.push(StageInfo::new("pool", last));
+        let one = Conv2dConfig::default();
+        let conv2 = ConvBn::with_bn(cin, last, 1, one, Act::Relu, vb.pp("conv2"), vb.pp("bn2"))?;
+        stages.push(StageInfo::map("conv2", last, total).owning(conv2.param_names()));
+        stages.push(StageInfo::vector("pool", last).ends("pool"));
+        let linear = Dense::new(last, spec.num_classes, vb.pp("linear"))?;
+        stages.push(StageInfo::vector("linear", spec.num_classes).owning(linear.param_names()));
         Ok(Self {
-            spec,
-            conv1,
-            bn1,
+            stem,
             layers,
             conv2,
-            bn2,
             linear,
-            stage_ends,
             stages,
         })
     }
 }
 
-impl MobileNetV2 {
-    /// The forward pass, with `hook` at the stage outputs when given (see [`Model::stages`]).
-    fn run(&self, xs: &Tensor, train: bool, hook: Option<&dyn StageHook>) -> Result<Tensor> {
-        let mut ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
-        ys = at_stage(hook, 0, ys)?;
-        let mut stage = 1;
-        for (i, block) in self.layers.iter().enumerate() {
-            ys = block.forward_t(&ys, train)?;
-            if self.stage_ends.get(stage - 1) == Some(&i) {
-                ys = at_stage(hook, stage, ys)?;
-                stage += 1;
-            }
+impl Architecture for MobileNetV2 {
+    fn stages(&self) -> &[StageInfo] {
+        &self.stages
+    }
+
+    fn run_stage(&self, stage: usize, xs: &Tensor, pass: &Pass<'_>) -> Result<Tensor> {
+        let blocks = self.layers.len();
+        match stage {
+            0 => self.stem.forward(xs, pass),
+            s if s <= blocks => self.layers[s - 1].forward(xs, pass),
+            s if s == blocks + 1 => self.conv2.forward(xs, pass),
+            s if s == blocks + 2 => global_avg_pool2d(xs),
+            s if s == blocks + 3 => self.linear.forward(xs, pass),
+            s => bail!("mobilenet-v2 has no stage {s}"),
         }
-        let ys = self.bn2.forward_relu_t(&self.conv2.forward(&ys)?, train)?;
-        let pooled = at_stage(hook, stage, global_avg_pool2d(&ys)?)?;
-        self.linear.forward(&pooled)
-    }
-}
-
-impl Model for MobileNetV2 {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.run(xs, train, None)
-    }
-
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    /// `stem`, then `stage1`..`stage4`: the output of each group of inverted-residual blocks
-    /// that share an output resolution (32, 16, 8, 4 at 32x32 inputs; 24, 32, 96, 320
-    /// channels at width 1), then `pool` (the 1280 pooled units the classifier reads).
-    fn stages(&self) -> Vec<StageInfo> {
-        self.stages.clone()
-    }
-
-    fn forward_hooked(&self, xs: &Tensor, train: bool, hook: &dyn StageHook) -> Result<Tensor> {
-        self.run(xs, train, Some(hook))
     }
 }

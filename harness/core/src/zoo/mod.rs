@@ -1,90 +1,127 @@
 //! The model zoo: CIFAR-style classifiers and the DnCNN denoiser, built through a `VarBuilder` so
 //! that every parameter has a stable PyTorch state-dict name that defences and attacks address.
 
-use candle_core::Tensor;
+use std::ops::Range;
 
-/// A network of the zoo. Inputs are normalised N x C x H x W f32 tensors; classifiers return
-/// logits N x classes, DnCNN returns the denoised image.
+use candle_core::{Tensor, bail};
+
+/// A network of the zoo: a sequence of [stages](StageInfo) run one after the other, with
+/// optional exit heads (small classifiers on a stage's output). Inputs are normalised
+/// N x C x H x W f32 tensors; classifiers return logits N x classes, DnCNN the denoised image.
+///
+/// An architecture implements [`Model::run_stage`]; whole passes, hooks, range execution (split
+/// execution, a party holding some stages) and early exit are built on it once, here.
 pub trait Model: Send + Sync {
-    /// Runs the network; `train` selects batch-norm batch statistics (and updates the running
-    /// statistics) instead of the running statistics.
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor>;
-
     /// What was built.
     fn spec(&self) -> &ModelSpec;
 
-    /// The points of the forward pass a [`StageHook`] sees, in forward order (see each
-    /// architecture's module docs). Protections that act on intermediate activations (neuron
-    /// locking, multi-exit heads) address them by index or name. Empty for models without
-    /// stages (DnCNN).
-    fn stages(&self) -> Vec<StageInfo> {
-        Vec::new()
+    /// The stages, in forward order; the last one returns the model's output.
+    fn stages(&self) -> &[StageInfo];
+
+    /// Runs stage `stage` alone on `xs`, the output of stage `stage - 1` (the input image for
+    /// stage 0). The pass's stage hook is not called here (see [`Model::forward_range`]); its
+    /// layer hook is.
+    fn run_stage(&self, stage: usize, xs: &Tensor, pass: &Pass<'_>) -> candle_core::Result<Tensor>;
+
+    /// The stage each exit head reads, in the order of [`ModelSpec::exits`] (empty without
+    /// exit heads).
+    fn exit_stages(&self) -> &[usize] {
+        &[]
     }
 
-    /// [`Model::forward_t`] with `hook` called on the output of every stage of
-    /// [`Model::stages`], in order; the network continues with what the hook returns. With a
-    /// hook that returns its input unchanged the result equals `forward_t`'s. Models without
-    /// stages run `forward_t` and never call the hook.
+    /// Runs exit head `exit` on `xs`, the output of its stage: that exit's logits.
+    fn run_exit(&self, exit: usize, xs: &Tensor, pass: &Pass<'_>) -> candle_core::Result<Tensor> {
+        let _ = (xs, pass);
+        bail!("{} has no exit head {exit}", self.spec().arch)
+    }
+
+    /// Runs stages `range` on `xs` (the input of stage `range.start`), calling the pass's
+    /// stage hook on each output. Running `0..k` then `k..n` on its output gives the whole
+    /// forward pass, bit for bit.
+    fn forward_range(
+        &self,
+        range: Range<usize>,
+        xs: &Tensor,
+        pass: &Pass<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let n = self.stages().len();
+        if range.start > range.end || range.end > n {
+            bail!(
+                "stages {}..{} out of range: {} has {n} stages",
+                range.start,
+                range.end,
+                self.spec().arch
+            )
+        }
+        let mut ys = xs.clone();
+        for stage in range {
+            ys = self.run_stage(stage, &ys, pass)?;
+            if let Some(hook) = pass.stages {
+                ys = hook.on_stage(stage, ys)?;
+            }
+        }
+        Ok(ys)
+    }
+
+    /// The whole network; `train` selects batch-norm batch statistics (and updates the running
+    /// statistics) instead of the running statistics.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.forward_range(0..self.stages().len(), xs, &Pass::new(train))
+    }
+
+    /// [`Model::forward_t`] with `hook` called on the output of every stage, in order; the
+    /// network continues with what the hook returns. With a hook that returns its input
+    /// unchanged the result equals `forward_t`'s.
     fn forward_hooked(
         &self,
         xs: &Tensor,
         train: bool,
         hook: &dyn StageHook,
     ) -> candle_core::Result<Tensor> {
-        let _ = hook;
-        self.forward_t(xs, train)
+        let pass = Pass::new(train).with_stage_hook(hook);
+        self.forward_range(0..self.stages().len(), xs, &pass)
     }
-}
 
-/// One stage of a model: where a [`StageHook`] sees the activations.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StageInfo {
-    /// Stable name within the architecture (`layer2`, `block3`, `pool`, ...).
-    pub name: String,
-    /// Channels (conv stages, N x C x H x W outputs) or units (N x C outputs, e.g. the pooled
-    /// features that feed the classifier).
-    pub channels: usize,
-}
-
-impl StageInfo {
-    fn new(name: impl Into<String>, channels: usize) -> Self {
-        Self {
-            name: name.into(),
-            channels,
-        }
+    /// The logits of every exit head, in order, then the final output: one pass through the
+    /// network (training multi-exit models with weighted exit losses).
+    fn forward_exits(&self, xs: &Tensor, pass: &Pass<'_>) -> candle_core::Result<Vec<Tensor>> {
+        exit::forward_exits(self, xs, pass)
     }
-}
 
-/// Sees the output of each stage of a forward pass and returns the tensor the network continues
-/// with: a mask that locks neurons, a recorder of activations, an early-exit head's tap.
-/// Implementations needing to record use interior mutability.
-pub trait StageHook {
-    /// Called with the index of the stage in [`Model::stages`] and its output (N x C x H x W for
-    /// conv stages, N x C for pooled units).
-    fn on_stage(&self, stage: usize, xs: Tensor) -> candle_core::Result<Tensor>;
-}
-
-/// A hook that changes nothing (for callers that need one).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoHook;
-
-impl StageHook for NoHook {
-    fn on_stage(&self, _stage: usize, xs: Tensor) -> candle_core::Result<Tensor> {
-        Ok(xs)
+    /// Early-exit inference: each input stops at the first exit head whose largest softmax
+    /// probability is at least `threshold` (the final output otherwise), and the stages after
+    /// that are not computed for it.
+    fn forward_early_exit(
+        &self,
+        xs: &Tensor,
+        threshold: f32,
+    ) -> candle_core::Result<exit::EarlyExit> {
+        exit::forward_early_exit(self, xs, threshold)
     }
-}
 
-/// Calls `hook` at `stage` if there is one: the zoo models run one forward body for
-/// `forward_t` (no hook: a branch per stage, nothing else) and `forward_hooked`.
-#[inline]
-pub(crate) fn at_stage(
-    hook: Option<&dyn StageHook>,
-    stage: usize,
-    xs: Tensor,
-) -> candle_core::Result<Tensor> {
-    match hook {
-        Some(h) => h.on_stage(stage, xs),
-        None => Ok(xs),
+    /// The stage addressed by `name`: the stage ending the group `name` if there is one
+    /// ([`StageInfo::group`]), else the stage called `name`.
+    fn find_stage(&self, name: &str) -> Option<usize> {
+        let stages = self.stages();
+        stages
+            .iter()
+            .position(|s| s.group.as_deref() == Some(name))
+            .or_else(|| stages.iter().position(|s| s.name == name))
+    }
+
+    /// The name a stage is addressed by: its group's if it ends one, else its own.
+    fn stage_address(&self, stage: usize) -> Option<String> {
+        let info = self.stages().get(stage)?;
+        Some(info.group.clone().unwrap_or_else(|| info.name.clone()))
+    }
+
+    /// The indices of the stages that end a group ([`StageInfo::group`]), with the group names.
+    fn groups(&self) -> Vec<(usize, String)> {
+        self.stages()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.group.clone().map(|g| (i, g)))
+            .collect()
     }
 }
 
@@ -121,12 +158,47 @@ pub struct ModelSpec {
     pub in_channels: usize,
     /// Channel width multiplier (VGG and MobileNetV2; 1.0 elsewhere).
     pub width: f64,
+    /// Exit heads, each a small classifier on one stage's output (multi-exit networks).
+    /// Part of the spec so that whoever holds the model, a thief included, holds its exits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exits: Vec<ExitSpec>,
+    /// The numeric precision of the parameters.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// The numeric precision of a model's parameters. Only f32 exists today; quantized models
+/// (int8 weights with scales) are the next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// 32-bit floats.
+    #[default]
+    F32,
+}
+
+impl Precision {
+    /// Whether this is f32 (the default, left out of serialized specs so that they read as
+    /// they did before precisions existed).
+    pub fn is_f32(&self) -> bool {
+        matches!(self, Precision::F32)
+    }
 }
 
 pub mod dncnn;
+pub mod exit;
 pub mod mobilenet_v2;
+mod network;
+pub mod partial;
 pub mod resnet;
+mod stage;
+mod unit;
 pub mod vgg;
+
+pub use exit::{EarlyExit, ExitSpec};
+pub use network::Network;
+pub use stage::{ChainHook, NoHook, Pass, StageHook, StageInfo};
+pub use unit::{Act, ConvBn, Dense, LayerHook};
 
 use std::collections::BTreeSet;
 use std::sync::PoisonError;
@@ -236,7 +308,22 @@ impl ModelSpec {
             num_classes,
             in_channels: 3,
             width: 1.0,
+            exits: Vec::new(),
+            precision: Precision::F32,
         }
+    }
+
+    /// The same with an exit head after each of the stages named in `after`, in forward order.
+    pub fn with_exits<S: Into<String>>(self, after: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            exits: after.into_iter().map(ExitSpec::after).collect(),
+            ..self
+        }
+    }
+
+    /// Name prefix (with its trailing dot) of exit head `exit`'s parameters.
+    pub fn exit_prefix(exit: usize) -> String {
+        format!("exits.{exit}.")
     }
 
     /// The same with `in_channels` input channels (1 for grayscale).
@@ -267,6 +354,11 @@ impl ModelSpec {
             return Err(Error::Config(format!(
                 "width must be positive, got {}",
                 self.width
+            )));
+        }
+        if !self.exits.is_empty() && !self.arch.is_classifier() {
+            return Err(Error::Config(format!(
+                "`{id}` is not a classifier and takes no exit heads"
             )));
         }
         if !self.arch.has_width() && self.width != 1.0 {
@@ -338,16 +430,29 @@ pub fn build(spec: &ModelSpec, params: &ParamStore) -> Result<Box<dyn Model>> {
 /// renaming builder). Variables are whatever the builder returns; batch-norm running statistics
 /// update in place only when the builder hands out variables (as a [`ParamStore`]'s does).
 pub fn build_with(spec: &ModelSpec, vb: VarBuilder<'_>) -> Result<Box<dyn Model>> {
+    Ok(Box::new(build_network(spec, vb)?))
+}
+
+/// [`build_with`], as the concrete type.
+pub(crate) fn build_network(spec: &ModelSpec, vb: VarBuilder<'_>) -> Result<Network> {
     spec.validate()?;
-    let spec = spec.clone();
-    let model: Box<dyn Model> = match spec.arch {
-        Arch::Resnet20 | Arch::Resnet56 => Box::new(resnet::ResNet::new(spec, vb)?),
-        Arch::Vgg11 | Arch::Vgg16 | Arch::Vgg19 => Box::new(vgg::Vgg::new(spec, vb)?),
-        Arch::VggSmall => Box::new(vgg::VggSmall::new(spec, vb)?),
-        Arch::MobilenetV2 => Box::new(mobilenet_v2::MobileNetV2::new(spec, vb)?),
-        Arch::Dncnn => Box::new(dncnn::DnCnn::new(spec, vb)?),
+    let body: Box<dyn network::Architecture> = match spec.arch {
+        Arch::Resnet20 | Arch::Resnet56 => Box::new(resnet::ResNet::new(spec, vb.clone())?),
+        Arch::Vgg11 | Arch::Vgg16 | Arch::Vgg19 => Box::new(vgg::Vgg::new(spec, vb.clone())?),
+        Arch::VggSmall => Box::new(vgg::VggSmall::new(spec, vb.clone())?),
+        Arch::MobilenetV2 => Box::new(mobilenet_v2::MobileNetV2::new(spec, vb.clone())?),
+        Arch::Dncnn => Box::new(dncnn::DnCnn::new(spec, vb.clone())?),
     };
-    Ok(model)
+    Ok(Network::new(spec.clone(), body, &vb)?)
+}
+
+/// Global average pooling of a map (N x C x H x W -> N x C); a vector passes as it is.
+pub(crate) fn global_avg_pool_if_map(xs: &Tensor) -> candle_core::Result<Tensor> {
+    if xs.rank() == 4 {
+        crate::nn::global_avg_pool2d(xs)
+    } else {
+        Ok(xs.clone())
+    }
 }
 
 #[cfg(test)]
@@ -436,29 +541,35 @@ mod tests {
     #[test]
     fn stage_hooks_see_every_stage_in_order_and_change_the_output() -> Result<()> {
         let dev = candle_core::Device::Cpu;
-        let expected: [(Arch, &[&str]); 4] = [
+        // (arch, stages, groups): the groups are the lock points EdgePro passwords name.
+        let expected: [(Arch, usize, &[&str]); 5] = [
             (
                 Arch::Resnet20,
+                12,
                 &["stem", "layer1", "layer2", "layer3", "pool"],
             ),
             (
                 Arch::Vgg11,
+                10,
                 &["block1", "block2", "block3", "block4", "block5", "pool"],
             ),
-            (Arch::VggSmall, &["block1", "block2", "block3"]),
+            (Arch::VggSmall, 6, &["block1", "block2", "block3"]),
             (
                 Arch::MobilenetV2,
+                21,
                 &["stem", "stage1", "stage2", "stage3", "stage4", "pool"],
             ),
+            (Arch::Dncnn, 1, &[]),
         ];
-        for (arch, names) in expected {
+        for (arch, count, groups) in expected {
             let spec =
                 ModelSpec::new(arch, 10).with_width(if arch.has_width() { 0.25 } else { 1.0 });
             let params = ParamStore::new(3, &dev);
             let model = build(&spec, &params)?;
-            let stages = model.stages();
-            let got: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-            assert_eq!(got, names, "{arch}");
+            let stages = model.stages().to_vec();
+            assert_eq!(stages.len(), count, "{arch}");
+            let got: Vec<String> = model.groups().into_iter().map(|(_, g)| g).collect();
+            assert_eq!(got, groups, "{arch}");
             let xs = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &dev)?;
             let plain = model.forward_t(&xs, false)?;
             let same = model.forward_hooked(&xs, false, &NoHook)?;
@@ -467,29 +578,26 @@ mod tests {
                 .max_all()?
                 .to_scalar::<f32>()?;
             assert_eq!(diff, 0.0, "{arch}: a no-op hook changes nothing");
+            // Zero the stage before the output (the logits stage itself for DnCNN).
+            let zero = stages.len().saturating_sub(2);
             let rec = Recorder {
                 seen: Default::default(),
-                zero: Some(stages.len() - 1),
+                zero: Some(zero),
             };
             let zeroed = model.forward_hooked(&xs, false, &rec)?;
             let seen = rec.seen.lock().map(|s| s.clone()).unwrap_or_default();
             assert_eq!(seen.len(), stages.len(), "{arch}");
             for (i, ((stage, dims), info)) in seen.iter().zip(&stages).enumerate() {
                 assert_eq!(*stage, i, "{arch}");
+                assert_eq!(dims[1..], info.output_dims(32, 32), "{arch} {}", info.name);
                 assert_eq!(dims[0], 2, "{arch}");
-                assert_eq!(dims[1], info.channels, "{arch} {}", info.name);
             }
             let moved = (plain - zeroed)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(
                 moved > 0.0,
-                "{arch}: zeroing the last stage changes the logits"
+                "{arch}: zeroing a late stage changes the output"
             );
         }
-        assert!(
-            build(&ModelSpec::new(Arch::Dncnn, 0), &ParamStore::new(0, &dev))?
-                .stages()
-                .is_empty()
-        );
         Ok(())
     }
 

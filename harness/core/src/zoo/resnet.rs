@@ -22,18 +22,17 @@
 //!
 //! with s in 1..=3 and i in 0..n.
 //!
-//! Stages (for [`super::StageHook`]s): `stem` (16 channels), `layer1`, `layer2`, `layer3` (16,
-//! 32, 64 channels, the output of each stage's last block) and `pool` (64 units, the classifier's
-//! input).
+//! Stages ([`super::StageInfo`]): `stem` (conv1-bn1-relu), every block (`layer1.0` ..
+//! `layer3.{n-1}`), `pool` (the 64 pooled units) and `fc` (the logits). Groups (EdgePro's lock
+//! points, one per stage of the paper): `stem`, `layer1`, `layer2`, `layer3` (each stage's last
+//! block, after its final ReLU) and `pool`.
 
 use candle_core::{Result, Tensor, bail};
-use candle_nn::{Module, ModuleT, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{Arch, Model, ModelSpec, StageHook, StageInfo, at_stage};
-use crate::nn::{
-    BatchNorm2d, Conv2d, Conv2dConfig, Linear, add_relu, batch_norm2d, conv2d_no_bias,
-    global_avg_pool2d, linear,
-};
+use super::network::Architecture;
+use super::{Act, Arch, ConvBn, Dense, ModelSpec, Pass, StageInfo};
+use crate::nn::{Conv2dConfig, add_relu, global_avg_pool2d};
 
 /// Channels of the three stages.
 const STAGES: [usize; 3] = [16, 32, 64];
@@ -41,133 +40,144 @@ const STAGES: [usize; 3] = [16, 32, 64];
 /// conv-bn-relu-conv-bn + shortcut, then ReLU.
 #[derive(Debug, Clone)]
 struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    shortcut: Option<(Conv2d, BatchNorm2d)>,
+    conv1: ConvBn,
+    conv2: ConvBn,
+    shortcut: Option<ConvBn>,
 }
 
 impl BasicBlock {
     fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder<'_>) -> Result<Self> {
-        let conv1 = conv2d_no_bias(cin, cout, 3, Conv2dConfig::new(stride, 1), vb.pp("conv1"))?;
-        let bn1 = batch_norm2d(cout, vb.pp("bn1"))?;
-        let conv2 = conv2d_no_bias(cout, cout, 3, Conv2dConfig::new(1, 1), vb.pp("conv2"))?;
-        let bn2 = batch_norm2d(cout, vb.pp("bn2"))?;
+        let conv = |cin, k, config, act, conv: &str, bn: &str, vb: &VarBuilder<'_>| {
+            ConvBn::with_bn(cin, cout, k, config, act, vb.pp(conv), vb.pp(bn))
+        };
+        let conv1 = conv(
+            cin,
+            3,
+            Conv2dConfig::new(stride, 1),
+            Act::Relu,
+            "conv1",
+            "bn1",
+            &vb,
+        )?;
+        let conv2 = conv(
+            cout,
+            3,
+            Conv2dConfig::new(1, 1),
+            Act::Identity,
+            "conv2",
+            "bn2",
+            &vb,
+        )?;
         let shortcut = if stride != 1 || cin != cout {
             let vs = vb.pp("shortcut");
-            let conv = conv2d_no_bias(cin, cout, 1, Conv2dConfig::new(stride, 0), vs.pp("0"))?;
-            let bn = batch_norm2d(cout, vs.pp("1"))?;
-            Some((conv, bn))
+            let config = Conv2dConfig::new(stride, 0);
+            Some(conv(cin, 1, config, Act::Identity, "0", "1", &vs)?)
         } else {
             None
         };
         Ok(Self {
             conv1,
-            bn1,
             conv2,
-            bn2,
             shortcut,
         })
     }
 
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
-        let ys = self.bn2.forward_t(&self.conv2.forward(&ys)?, train)?;
+    fn forward(&self, xs: &Tensor, pass: &Pass<'_>) -> Result<Tensor> {
+        let ys = self.conv1.forward(xs, pass)?;
+        let ys = self.conv2.forward(&ys, pass)?;
         let short = match &self.shortcut {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(xs)?, train)?,
+            Some(unit) => unit.forward(xs, pass)?,
             None => xs.clone(),
         };
         add_relu(&ys, &short)
+    }
+
+    fn param_names(&self) -> Vec<String> {
+        let mut names = self.conv1.param_names();
+        names.extend(self.conv2.param_names());
+        if let Some(unit) = &self.shortcut {
+            names.extend(unit.param_names());
+        }
+        names
     }
 }
 
 /// A CIFAR ResNet (20 or 56 layers).
 #[derive(Debug, Clone)]
 pub struct ResNet {
-    spec: ModelSpec,
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
+    stem: ConvBn,
     blocks: Vec<BasicBlock>,
-    fc: Linear,
+    fc: Dense,
+    stages: Vec<StageInfo>,
 }
 
 impl ResNet {
     /// Builds ResNet-20 or ResNet-56 (from `spec.arch`) with its variables under `vb`.
-    pub fn new(spec: ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
+    pub fn new(spec: &ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
         let n = match spec.arch {
             Arch::Resnet20 => 3,
             Arch::Resnet56 => 9,
             other => bail!("`{}` is not a ResNet", other.id()),
         };
-        let conv1 = conv2d_no_bias(
+        let stem = ConvBn::with_bn(
             spec.in_channels,
             STAGES[0],
             3,
             Conv2dConfig::new(1, 1),
+            Act::Relu,
             vb.pp("conv1"),
+            vb.pp("bn1"),
         )?;
-        let bn1 = batch_norm2d(STAGES[0], vb.pp("bn1"))?;
+        let mut stages = vec![
+            StageInfo::map("stem", STAGES[0], 1)
+                .owning(stem.param_names())
+                .ends("stem"),
+        ];
         let mut blocks = Vec::with_capacity(3 * n);
         let mut cin = STAGES[0];
+        let mut stride = 1;
         for (s, &cout) in STAGES.iter().enumerate() {
-            let vs = vb.pp(format!("layer{}", s + 1));
+            let group = format!("layer{}", s + 1);
+            let vs = vb.pp(&group);
             for i in 0..n {
-                let stride = if s > 0 && i == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(cin, cout, stride, vs.pp(i))?);
+                let step = if s > 0 && i == 0 { 2 } else { 1 };
+                stride *= step;
+                let block = BasicBlock::new(cin, cout, step, vs.pp(i))?;
+                let mut info = StageInfo::map(format!("{group}.{i}"), cout, stride)
+                    .owning(block.param_names());
+                if i + 1 == n {
+                    info = info.ends(&group);
+                }
+                stages.push(info);
+                blocks.push(block);
                 cin = cout;
             }
         }
-        let fc = linear(cin, spec.num_classes, vb.pp("fc"))?;
+        stages.push(StageInfo::vector("pool", cin).ends("pool"));
+        let fc = Dense::new(cin, spec.num_classes, vb.pp("fc"))?;
+        stages.push(StageInfo::vector("fc", spec.num_classes).owning(fc.param_names()));
         Ok(Self {
-            spec,
-            conv1,
-            bn1,
+            stem,
             blocks,
             fc,
+            stages,
         })
     }
 }
 
-impl ResNet {
-    /// The forward pass, with `hook` at the stage outputs when given (see [`Model::stages`]).
-    fn run(&self, xs: &Tensor, train: bool, hook: Option<&dyn StageHook>) -> Result<Tensor> {
-        let mut ys = self.bn1.forward_relu_t(&self.conv1.forward(xs)?, train)?;
-        ys = at_stage(hook, 0, ys)?;
-        let per_stage = self.blocks.len() / STAGES.len();
-        for (i, block) in self.blocks.iter().enumerate() {
-            ys = block.forward_t(&ys, train)?;
-            if (i + 1) % per_stage == 0 {
-                ys = at_stage(hook, 1 + i / per_stage, ys)?;
-            }
+impl Architecture for ResNet {
+    fn stages(&self) -> &[StageInfo] {
+        &self.stages
+    }
+
+    fn run_stage(&self, stage: usize, xs: &Tensor, pass: &Pass<'_>) -> Result<Tensor> {
+        let blocks = self.blocks.len();
+        match stage {
+            0 => self.stem.forward(xs, pass),
+            s if s <= blocks => self.blocks[s - 1].forward(xs, pass),
+            s if s == blocks + 1 => global_avg_pool2d(xs),
+            s if s == blocks + 2 => self.fc.forward(xs, pass),
+            s => bail!("resnet has no stage {s}"),
         }
-        let pooled = at_stage(hook, 1 + STAGES.len(), global_avg_pool2d(&ys)?)?;
-        self.fc.forward(&pooled)
-    }
-}
-
-impl Model for ResNet {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.run(xs, train, None)
-    }
-
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    /// `stem` (after conv1-bn1-relu), `layer1`..`layer3` (each stage's last block, after its
-    /// final ReLU) and `pool` (the 64 pooled units the classifier reads): the lock points of
-    /// the EdgePro reference code's ResNet, one per stage.
-    fn stages(&self) -> Vec<StageInfo> {
-        let mut stages = vec![StageInfo::new("stem", STAGES[0])];
-        for (s, &c) in STAGES.iter().enumerate() {
-            stages.push(StageInfo::new(format!("layer{}", s + 1), c));
-        }
-        stages.push(StageInfo::new("pool", STAGES[STAGES.len() - 1]));
-        stages
-    }
-
-    fn forward_hooked(&self, xs: &Tensor, train: bool, hook: &dyn StageHook) -> Result<Tensor> {
-        self.run(xs, train, Some(hook))
     }
 }

@@ -30,18 +30,20 @@
 //! it takes 32x32 inputs only. Names: `c{1..5}.0.weight`, `c{1..5}.1.*`, `fc.{weight,bias}`;
 //! channels 32, 32, 64, 64, 128.
 //!
-//! Stages (for [`super::StageHook`]s): VGG: `block1`..`block5`, each conv block's output after
-//! its max pool, then `pool` (the classifier's input units); VGG-small: `block1`..`block3`, after
-//! each of its three pools.
+//! Stages ([`super::StageInfo`]): VGG: every convolution unit under its `features` index
+//! (`features.0`, `features.4`, ...: conv-bn-relu, and the max pool when one follows), then
+//! `pool` (the classifier's input units) and `classifier`; groups `block1`..`block5` end at
+//! each max pool, and `pool`. VGG-small: `c1`..`c5` (with the max pools after c2, c4, c5) and
+//! `fc`; groups `block1`..`block3` end at c2, c4 and c5. [chosen] A group ends after its pool,
+//! not before: for a per-channel non-negative multiplier (a lock mask) the two are the same
+//! (max(λx) = λ max(x)), and the pooled map is 4x smaller to mask.
 
 use candle_core::{Result, Tensor, bail};
-use candle_nn::{Module, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{Arch, Model, ModelSpec, StageHook, StageInfo, at_stage};
-use crate::nn::{
-    BatchNorm2d, Conv2d, Conv2dConfig, Linear, batch_norm2d, conv2d, conv2d_no_bias,
-    global_avg_pool2d, linear, max_pool2d,
-};
+use super::network::Architecture;
+use super::{Act, Arch, ConvBn, Dense, ModelSpec, Pass, StageInfo};
+use crate::nn::{Conv2dConfig, global_avg_pool2d, max_pool2d};
 
 /// A 2x2 max pool in a configuration; every other entry is a convolution's output channels.
 const M: usize = 0;
@@ -54,24 +56,58 @@ const VGG19: &[usize] = &[
     64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512, 512, M,
 ];
 
+/// One convolution unit and whether a 2x2 max pool follows it.
 #[derive(Debug, Clone)]
-enum Layer {
-    ConvBnRelu(Conv2d, BatchNorm2d),
-    MaxPool,
+struct Unit {
+    conv: ConvBn,
+    pool: bool,
+}
+
+impl Unit {
+    fn forward(&self, xs: &Tensor, pass: &Pass<'_>) -> Result<Tensor> {
+        let ys = self.conv.forward(xs, pass)?;
+        if self.pool {
+            max_pool2d(&ys, 2, 2)
+        } else {
+            Ok(ys)
+        }
+    }
+}
+
+/// Stage infos for `units` (each owning its convolution unit, groups `block{k}` at the pools),
+/// then the two stages that follow.
+fn unit_stages(units: &[(String, Unit)]) -> Vec<StageInfo> {
+    let mut stride = 1;
+    let mut blocks = 0;
+    units
+        .iter()
+        .map(|(name, unit)| {
+            if unit.pool {
+                stride *= 2;
+            }
+            let info = StageInfo::map(name, unit.conv.out_channels(), stride)
+                .owning(unit.conv.param_names());
+            if unit.pool {
+                blocks += 1;
+                info.ends(format!("block{blocks}"))
+            } else {
+                info
+            }
+        })
+        .collect()
 }
 
 /// VGG-11/16/19 with batch norm, CIFAR variant.
 #[derive(Debug, Clone)]
 pub struct Vgg {
-    spec: ModelSpec,
-    features: Vec<Layer>,
-    classifier: Linear,
+    features: Vec<Unit>,
+    classifier: Dense,
     stages: Vec<StageInfo>,
 }
 
 impl Vgg {
     /// Builds the VGG of `spec.arch` with its variables under `vb`.
-    pub fn new(spec: ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
+    pub fn new(spec: &ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
         let cfg = match spec.arch {
             Arch::Vgg11 => VGG11,
             Arch::Vgg16 => VGG16,
@@ -79,74 +115,56 @@ impl Vgg {
             other => bail!("`{}` is not a VGG with a configuration", other.id()),
         };
         let vf = vb.pp("features");
-        let mut features = Vec::with_capacity(cfg.len());
+        let mut units: Vec<(String, Unit)> = Vec::with_capacity(cfg.len());
         let mut index = 0;
         let mut cin = spec.in_channels;
-        let mut stages = Vec::new();
         for &entry in cfg {
             if entry == M {
-                features.push(Layer::MaxPool);
+                if let Some((_, last)) = units.last_mut() {
+                    last.pool = true;
+                }
                 index += 1;
-                stages.push(StageInfo::new(format!("block{}", stages.len() + 1), cin));
                 continue;
             }
             let cout = spec.scaled(entry);
-            let conv = conv2d(cin, cout, 3, Conv2dConfig::new(1, 1), vf.pp(index))?;
-            let bn = batch_norm2d(cout, vf.pp(index + 1))?;
-            features.push(Layer::ConvBnRelu(conv, bn));
+            let conv = ConvBn::biased_with_bn(
+                cin,
+                cout,
+                Conv2dConfig::new(1, 1),
+                vf.pp(index),
+                vf.pp(index + 1),
+            )?;
+            units.push((format!("features.{index}"), Unit { conv, pool: false }));
             index += 3;
             cin = cout;
         }
-        let classifier = linear(cin, spec.num_classes, vb.pp("classifier"))?;
-        stages.push(StageInfo::new("pool", cin));
+        let mut stages = unit_stages(&units);
+        stages.push(StageInfo::vector("pool", cin).ends("pool"));
+        let classifier = Dense::new(cin, spec.num_classes, vb.pp("classifier"))?;
+        stages.push(
+            StageInfo::vector("classifier", spec.num_classes).owning(classifier.param_names()),
+        );
         Ok(Self {
-            spec,
-            features,
+            features: units.into_iter().map(|(_, u)| u).collect(),
             classifier,
             stages,
         })
     }
 }
 
-impl Vgg {
-    /// The forward pass, with `hook` at the stage outputs when given (see [`Model::stages`]).
-    fn run(&self, xs: &Tensor, train: bool, hook: Option<&dyn StageHook>) -> Result<Tensor> {
-        let mut ys = xs.clone();
-        let mut stage = 0;
-        for layer in &self.features {
-            ys = match layer {
-                Layer::ConvBnRelu(conv, bn) => bn.forward_relu_t(&conv.forward(&ys)?, train)?,
-                Layer::MaxPool => {
-                    let pooled = at_stage(hook, stage, max_pool2d(&ys, 2, 2)?)?;
-                    stage += 1;
-                    pooled
-                }
-            };
+impl Architecture for Vgg {
+    fn stages(&self) -> &[StageInfo] {
+        &self.stages
+    }
+
+    fn run_stage(&self, stage: usize, xs: &Tensor, pass: &Pass<'_>) -> Result<Tensor> {
+        let units = self.features.len();
+        match stage {
+            s if s < units => self.features[s].forward(xs, pass),
+            s if s == units => global_avg_pool2d(xs),
+            s if s == units + 1 => self.classifier.forward(xs, pass),
+            s => bail!("vgg has no stage {s}"),
         }
-        let pooled = at_stage(hook, stage, global_avg_pool2d(&ys)?)?;
-        self.classifier.forward(&pooled)
-    }
-}
-
-impl Model for Vgg {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.run(xs, train, None)
-    }
-
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    /// `block1`..`block5`: each conv block's output after its max pool; `pool`: the pooled
-    /// units the classifier reads. Choice: after the pool, not before: for a per-channel
-    /// non-negative multiplier (a lock mask) the two are the same (max(λx) = λ max(x)), and
-    /// the pooled map is 4x smaller to mask.
-    fn stages(&self) -> Vec<StageInfo> {
-        self.stages.clone()
-    }
-
-    fn forward_hooked(&self, xs: &Tensor, train: bool, hook: &dyn StageHook) -> Result<Tensor> {
-        self.run(xs, train, Some(hook))
     }
 }
 
@@ -156,68 +174,67 @@ const SMALL: [usize; 5] = [32, 32, 64, 64, 128];
 /// The small VGG of the speed reference: conv32-conv32-pool-conv64-conv64-pool-conv128-pool-fc.
 #[derive(Debug, Clone)]
 pub struct VggSmall {
-    spec: ModelSpec,
-    blocks: Vec<(Conv2d, BatchNorm2d)>,
-    fc: Linear,
+    blocks: Vec<Unit>,
+    fc: Dense,
+    stages: Vec<StageInfo>,
 }
 
 impl VggSmall {
     /// Builds VGG-small with its variables under `vb`.
-    pub fn new(spec: ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
-        let mut blocks = Vec::with_capacity(SMALL.len());
+    pub fn new(spec: &ModelSpec, vb: VarBuilder<'_>) -> Result<Self> {
+        let mut units = Vec::with_capacity(SMALL.len());
         let mut cin = spec.in_channels;
         for (i, &cout) in SMALL.iter().enumerate() {
-            let vs = vb.pp(format!("c{}", i + 1));
-            let conv = conv2d_no_bias(cin, cout, 3, Conv2dConfig::new(1, 1), vs.pp("0"))?;
-            let bn = batch_norm2d(cout, vs.pp("1"))?;
-            blocks.push((conv, bn));
+            let name = format!("c{}", i + 1);
+            let vs = vb.pp(&name);
+            let conv = ConvBn::with_bn(
+                cin,
+                cout,
+                3,
+                Conv2dConfig::new(1, 1),
+                Act::Relu,
+                vs.pp("0"),
+                vs.pp("1"),
+            )?;
+            units.push((
+                name,
+                Unit {
+                    conv,
+                    pool: i == 1 || i >= 3,
+                },
+            ));
             cin = cout;
         }
-        let fc = linear(cin * 4 * 4, spec.num_classes, vb.pp("fc"))?;
-        Ok(Self { spec, blocks, fc })
+        let mut stages = unit_stages(&units);
+        let fc = Dense::new(cin * 4 * 4, spec.num_classes, vb.pp("fc"))?;
+        stages.push(StageInfo::vector("fc", spec.num_classes).owning(fc.param_names()));
+        Ok(Self {
+            blocks: units.into_iter().map(|(_, u)| u).collect(),
+            fc,
+            stages,
+        })
     }
 }
 
-impl VggSmall {
-    /// The forward pass, with `hook` at the stage outputs when given (see [`Model::stages`]).
-    fn run(&self, xs: &Tensor, train: bool, hook: Option<&dyn StageHook>) -> Result<Tensor> {
-        let (_, _, h, w) = xs.dims4()?;
-        if (h, w) != (32, 32) {
-            bail!("vgg-small takes 32x32 inputs (its classifier reads a 4x4 map), got {h}x{w}")
-        }
-        let mut ys = xs.clone();
-        let mut stage = 0;
-        for (i, (conv, bn)) in self.blocks.iter().enumerate() {
-            ys = bn.forward_relu_t(&conv.forward(&ys)?, train)?;
-            if i == 1 || i >= 3 {
-                ys = at_stage(hook, stage, max_pool2d(&ys, 2, 2)?)?;
-                stage += 1;
+impl Architecture for VggSmall {
+    fn stages(&self) -> &[StageInfo] {
+        &self.stages
+    }
+
+    fn run_stage(&self, stage: usize, xs: &Tensor, pass: &Pass<'_>) -> Result<Tensor> {
+        match stage {
+            0 => {
+                let (_, _, h, w) = xs.dims4()?;
+                if (h, w) != (32, 32) {
+                    bail!(
+                        "vgg-small takes 32x32 inputs (its classifier reads a 4x4 map), got {h}x{w}"
+                    )
+                }
+                self.blocks[0].forward(xs, pass)
             }
+            s if s < self.blocks.len() => self.blocks[s].forward(xs, pass),
+            s if s == self.blocks.len() => self.fc.forward(&xs.flatten_from(1)?, pass),
+            s => bail!("vgg-small has no stage {s}"),
         }
-        self.fc.forward(&ys.flatten_from(1)?)
-    }
-}
-
-impl Model for VggSmall {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.run(xs, train, None)
-    }
-
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    /// `block1` (after c2 and its pool, 32 channels), `block2` (after c4 and its pool, 64),
-    /// `block3` (after c5 and its pool, 128: the map the classifier flattens).
-    fn stages(&self) -> Vec<StageInfo> {
-        vec![
-            StageInfo::new("block1", SMALL[1]),
-            StageInfo::new("block2", SMALL[3]),
-            StageInfo::new("block3", SMALL[4]),
-        ]
-    }
-
-    fn forward_hooked(&self, xs: &Tensor, train: bool, hook: &dyn StageHook) -> Result<Tensor> {
-        self.run(xs, train, Some(hook))
     }
 }
