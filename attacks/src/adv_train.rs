@@ -10,7 +10,7 @@
 
 use candle_core::{D, Tensor};
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, Measure, PlainModel, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, Exposure, Measure, RegistryEntry, Requirement, Stolen, settings,
 };
 use harness_core::train::train;
 use harness_core::{Error, Model, Result};
@@ -20,8 +20,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{check_lr, derive_seed, options, recipe, stolen_weights};
+use crate::common::{check_lr, options, recipe, stolen_weights};
 use crate::objectives::{AdversarialCrossEntropy, Pgd};
+use harness_core::seeded::derive_seed;
 
 /// Settings of `adv-train` (`[attacks.adv-train]` in a matrix file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -73,6 +74,13 @@ impl AdvTrainConfig {
 pub struct AdvTrain {
     config: AdvTrainConfig,
 }
+
+/// The registry entry of `adv-train`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Attack> = RegistryEntry {
+    id: "adv-train",
+    summary: "PGD L-infinity adversarial fine-tuning of stolen weights",
+    build,
+};
 
 /// Builds [`AdvTrain`] from its settings.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
@@ -139,8 +147,8 @@ impl AdvTrain {
         exposure: &Exposure,
         budget: &Budget,
     ) -> Result<StolenModel> {
-        let stolen = stolen_weights(exposure, self.id())?;
-        let model = PlainModel::build(stolen.spec.clone(), stolen.params.deep_copy()?)?;
+        let stolen = stolen_weights(exposure, ENTRY.id)?;
+        let model = stolen.rebuild()?;
         let pgd = self.config.pgd();
         let cfg = recipe(ctx, budget.epochs, self.config.lr, "adv-train/train");
         let objective = AdversarialCrossEntropy::new(
@@ -191,10 +199,6 @@ impl AdvTrain {
 }
 
 impl Attack for AdvTrain {
-    fn id(&self) -> &'static str {
-        "adv-train"
-    }
-
     fn requires(&self) -> Requirement {
         Requirement::Weights
     }

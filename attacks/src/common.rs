@@ -1,22 +1,9 @@
 //! What every attack shares: the attacker's training recipe, seeds, and access to the exposure.
 
-use harness_core::protect::{AttackContext, Exposure, StolenWeights};
+use harness_core::protect::{AttackContext, Exposure, StolenArtifact};
+use harness_core::seeded::derive_seed;
 use harness_core::train::{TrainConfig, TrainOptions};
 use harness_core::{Error, Result};
-
-/// A seed for one purpose of one attack, derived from the cell's seed: the attacker's streams
-/// never coincide with the owner's (which use the cell seed itself), so a model trained from
-/// scratch by the attacker does not start from the victim's initial weights.
-pub(crate) fn derive_seed(seed: u64, purpose: &str) -> u64 {
-    // 64-bit FNV-1a of the purpose, mixed into the seed with a splitmix64 finaliser.
-    let tag = purpose.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    let mut z = seed ^ tag;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// The attacker's training run: the victim's recipe (`ctx.train`: batch size, optimiser,
 /// schedule, augmentation) with the attack's epochs and learning rate, inputs normalised as the
@@ -43,13 +30,13 @@ pub(crate) fn options<'a>(ctx: &AttackContext<'_>) -> TrainOptions<'a> {
     }
 }
 
-/// The stolen weights, or an error naming the attack (the planner should have rejected the pair).
+/// The stolen model, or an error naming the attack (the planner should have rejected the pair).
 /// The attacks here retrain with a classification loss, so the stolen model must be a classifier.
 pub(crate) fn stolen_weights<'e>(
     exposure: &'e Exposure,
     attack: &str,
-) -> Result<&'e StolenWeights> {
-    let weights = exposure.weights.as_ref().ok_or_else(|| {
+) -> Result<&'e StolenArtifact> {
+    let weights = exposure.stolen.as_ref().ok_or_else(|| {
         Error::Config(format!(
             "attack `{attack}` needs stolen weights, and this protection exposes none"
         ))
@@ -79,15 +66,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn derived_seeds_differ_by_purpose_and_seed() {
-        let a = derive_seed(1, "scratch/init");
-        assert_eq!(a, derive_seed(1, "scratch/init"));
-        assert_ne!(a, derive_seed(1, "scratch/data"));
-        assert_ne!(a, derive_seed(2, "scratch/init"));
-        assert_ne!(a, 1);
-    }
-
-    #[test]
     fn stolen_weights_must_exist_and_be_a_classifier() {
         use harness_core::{Arch, ModelSpec, ParamStore};
         let none = Exposure::default();
@@ -97,7 +75,7 @@ mod tests {
                 .contains("`prune` needs stolen weights")
         );
         let weights = |arch| Exposure {
-            weights: Some(StolenWeights::plain(
+            stolen: Some(StolenArtifact::plain(
                 ModelSpec::new(arch, 10),
                 ParamStore::new(0, &candle_core::Device::Cpu),
             )),

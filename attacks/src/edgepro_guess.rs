@@ -1,5 +1,5 @@
 //! `edgepro-guess`: the thief of an EdgePro-locked model guesses the password. What it knows
-//! without the secret (`StolenWeights::public`): which stages carry the lock hook, their sizes,
+//! without the secret (the stolen model's `LockDisclosure`): which stages carry the lock hook, their sizes,
 //! and the method's public parameters, so the number of authorised neurons per stage. It tries:
 //!
 //! - `tries` random guesses: per locked stage a uniformly random set of the right size;
@@ -18,19 +18,21 @@
 
 use std::sync::Arc;
 
-use defences::edgepro::hook::{HookedModel, MaskHook, factors};
-use defences::edgepro::public::PublicInfo;
-use defences::edgepro::{ranking, sample_indices, selection};
 use harness_core::eval::evaluate;
+use harness_core::protect::masked::factors;
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, Measure, PlainModel, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, Disclosure, DisclosureKind, Exposure, LockDisclosure, MaskHook,
+    MaskedModel, Measure, PlainModel, RegistryEntry, Requirement, Stolen, settings,
 };
+use harness_core::seeded::{rank_roulette, sample_indices};
+use harness_core::zoo::activations;
 use harness_core::{Error, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use crate::common::{derive_seed, stolen_weights};
+use crate::common::stolen_weights;
+use harness_core::seeded::derive_seed;
 
 /// Settings of `edgepro-guess` (`[attacks.edgepro-guess]` in a matrix file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -66,6 +68,13 @@ pub struct EdgeProGuess {
     config: EdgeProGuessConfig,
 }
 
+/// The registry entry of `edgepro-guess`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Attack> = RegistryEntry {
+    id: "edgepro-guess",
+    summary: "adaptive, edgepro only: guess the password (random and highest-activation neuron sets)",
+    build,
+};
+
 /// Builds [`EdgeProGuess`] from its settings.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
     Ok(Box::new(EdgeProGuess::new(settings(table)?)?))
@@ -75,7 +84,7 @@ pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
 /// indices of the model, with their sizes and the number of authorised neurons.
 pub(crate) struct Target {
     pub(crate) model: PlainModel,
-    pub(crate) info: PublicInfo,
+    pub(crate) info: LockDisclosure,
     /// (stage index, channels, authorised neurons) per locked stage.
     pub(crate) stages: Vec<(usize, usize, usize)>,
 }
@@ -83,8 +92,15 @@ pub(crate) struct Target {
 /// Reads the stolen weights and their EdgePro description.
 pub(crate) fn target(exposure: &Exposure, attack: &str) -> Result<Target> {
     let stolen = stolen_weights(exposure, attack)?;
-    let info = PublicInfo::from_json(&stolen.public)?;
-    let model = PlainModel::build(stolen.spec.clone(), stolen.params.deep_copy()?)?;
+    let Disclosure::Edgepro(info) = &stolen.public else {
+        return Err(Error::Config(format!(
+            "attack `{attack}` needs an EdgePro-locked model; the stolen model's public \
+             description is `{}`",
+            stolen.public.kind()
+        )));
+    };
+    let info = info.clone();
+    let model = stolen.rebuild()?;
     let mut stages = Vec::with_capacity(info.locked_stages.len());
     for s in &info.locked_stages {
         let i = model.model.find_stage(&s.name).ok_or_else(|| {
@@ -114,7 +130,7 @@ pub(crate) fn attacker_ranking(
         images,
         derive_seed(ctx.seed, purpose),
     );
-    let means = ranking::mean_activations(
+    let means = activations::mean_activations(
         model.model.as_ref(),
         ctx.attacker_data,
         &idx,
@@ -122,7 +138,7 @@ pub(crate) fn attacker_ranking(
         256,
         ctx.device,
     )?;
-    Ok(means.iter().map(|m| ranking::rank(m)).collect())
+    Ok(means.iter().map(|m| activations::rank(m)).collect())
 }
 
 impl EdgeProGuess {
@@ -148,8 +164,8 @@ impl EdgeProGuess {
         &self,
         ctx: &AttackContext<'_>,
         exposure: &Exposure,
-    ) -> Result<(HookedModel, Vec<Measure>)> {
-        let t = target(exposure, self.id())?;
+    ) -> Result<(MaskedModel, Vec<Measure>)> {
+        let t = target(exposure, ENTRY.id)?;
         let stages = t.model.model.stages();
         let lambda = self.config.locking_value as f32;
         let hook_of = |guess: &[Vec<usize>]| -> Result<MaskHook> {
@@ -169,7 +185,7 @@ impl EdgeProGuess {
             derive_seed(ctx.seed, "edgepro-guess/eval"),
         ));
         let score = |hook: &MaskHook| -> Result<f64> {
-            let m = HookedModel::new(t.model.clone(), hook.clone(), 0);
+            let m = MaskedModel::new(t.model.clone(), hook.clone(), 0);
             Ok(evaluate(&m, &eval_set, Some(&ctx.normalization), 256, ctx.device)?.top1)
         };
         let mut best: Option<(f64, MaskHook)> = None;
@@ -204,15 +220,10 @@ impl EdgeProGuess {
         let mut best_roulette = f64::NAN;
         for _ in 0..self.config.roulette_tries {
             let mut guess = Vec::with_capacity(t.stages.len());
-            for &(i, c, _) in &t.stages {
+            for (&(i, c, k), stage) in t.stages.iter().zip(&t.info.locked_stages) {
                 guess.push(
-                    selection::select_neurons(
-                        &ranks[i],
-                        t.info.gamma,
-                        t.info.pool_fraction,
-                        &mut rng,
-                    )
-                    .map_err(|e| Error::Config(format!("stage of {c} channels: {e}")))?,
+                    rank_roulette(&ranks[i], stage.pool.min(c), k, &mut rng)
+                        .map_err(|e| Error::Config(format!("stage of {c} channels: {e}")))?,
                 );
             }
             best_roulette = best_roulette.max(consider(&guess)?);
@@ -246,21 +257,17 @@ impl EdgeProGuess {
                 best_roulette,
             ));
         }
-        Ok((HookedModel::new(t.model, hook, 0), measures))
+        Ok((MaskedModel::new(t.model, hook, 0), measures))
     }
 }
 
 impl Attack for EdgeProGuess {
-    fn id(&self) -> &'static str {
-        "edgepro-guess"
-    }
-
     fn requires(&self) -> Requirement {
         Requirement::Weights
     }
 
-    fn targets(&self) -> Option<&'static str> {
-        Some("edgepro")
+    fn targets(&self) -> Option<DisclosureKind> {
+        Some(DisclosureKind::Edgepro)
     }
 
     fn run(

@@ -15,9 +15,10 @@
 
 use std::sync::Arc;
 
-use defences::edgepro::hook::{HookedModel, MaskHook, factors};
+use harness_core::protect::masked::factors;
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, Measure, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, DisclosureKind, Exposure, MaskHook, MaskedModel, Measure,
+    RegistryEntry, Requirement, Stolen, settings,
 };
 use harness_core::train::{CrossEntropy, train};
 use harness_core::{Error, Result};
@@ -58,6 +59,13 @@ pub struct EdgeProPrune {
     config: EdgeProPruneConfig,
 }
 
+/// The registry entry of `edgepro-prune`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Attack> = RegistryEntry {
+    id: "edgepro-prune",
+    summary: "adaptive, edgepro only: prune the most active neurons of the locked stages, fine-tune",
+    build,
+};
+
 /// Builds [`EdgeProPrune`] from its settings.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
     Ok(Box::new(EdgeProPrune::new(settings(table)?)?))
@@ -85,8 +93,8 @@ impl EdgeProPrune {
         ctx: &AttackContext<'_>,
         exposure: &Exposure,
         budget: &Budget,
-    ) -> Result<(HookedModel, Vec<Measure>)> {
-        let t = target(exposure, self.id())?;
+    ) -> Result<(MaskedModel, Vec<Measure>)> {
+        let t = target(exposure, ENTRY.id)?;
         let ranks = attacker_ranking(ctx, &t.model, self.config.rank_images, "edgepro-prune/rank")?;
         let mut masks = Vec::with_capacity(t.stages.len());
         let mut pruned = 0usize;
@@ -97,7 +105,7 @@ impl EdgeProPrune {
             masks.push((i, factors(c, &neurons, &vec![0.0; neurons.len()], 1.0)));
         }
         let hook = MaskHook::new(t.model.model.stages(), &masks, ctx.device)?;
-        let model = HookedModel::new(t.model, hook, 0);
+        let model = MaskedModel::new(t.model, hook, 0);
         if self.config.fine_tune && budget.epochs > 0 {
             let cfg = recipe(ctx, budget.epochs, self.config.lr, "edgepro-prune/train");
             train(
@@ -115,16 +123,12 @@ impl EdgeProPrune {
 }
 
 impl Attack for EdgeProPrune {
-    fn id(&self) -> &'static str {
-        "edgepro-prune"
-    }
-
     fn requires(&self) -> Requirement {
         Requirement::Weights
     }
 
-    fn targets(&self) -> Option<&'static str> {
-        Some("edgepro")
+    fn targets(&self) -> Option<DisclosureKind> {
+        Some(DisclosureKind::Edgepro)
     }
 
     fn run(&self, ctx: &AttackContext<'_>, exposure: &Exposure, budget: &Budget) -> Result<Stolen> {

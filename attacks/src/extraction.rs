@@ -12,7 +12,8 @@
 use candle_core::{D, Tensor};
 use datasets::ImageSet;
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, Measure, PlainModel, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, Exposure, Measure, PlainModel, RegistryEntry, Requirement,
+    Stolen, settings,
 };
 use harness_core::train::{CrossEntropy, Objective, train};
 use harness_core::{Arch, Error, ModelSpec, ParamStore, Result};
@@ -22,8 +23,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{check_lr, derive_seed, options, recipe};
+use crate::common::{check_lr, options, recipe};
 use crate::objectives::SoftCrossEntropy;
+use harness_core::seeded::derive_seed;
 
 /// What the substitute learns from the oracle's answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -71,6 +73,13 @@ pub struct Extraction {
     config: ExtractionConfig,
     arch: Arch,
 }
+
+/// The registry entry of `extraction`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Attack> = RegistryEntry {
+    id: "extraction",
+    summary: "Knockoff-style extraction: query the oracle with transfer images, train a substitute",
+    build,
+};
 
 /// Builds [`Extraction`] from its settings; an unknown substitute id answers with the closest.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
@@ -163,10 +172,6 @@ impl Extraction {
 }
 
 impl Attack for Extraction {
-    fn id(&self) -> &'static str {
-        "extraction"
-    }
-
     fn requires(&self) -> Requirement {
         Requirement::Oracle
     }

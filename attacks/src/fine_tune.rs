@@ -13,15 +13,17 @@
 //! [`crate::objectives::FrozenBodyCrossEntropy`]), so batch-norm statistics stay as stolen too.
 
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, PlainModel, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, Exposure, PlainModel, RegistryEntry, Requirement, Stolen,
+    settings,
 };
 use harness_core::train::{CrossEntropy, Objective, TrainOptions, train};
 use harness_core::{Error, ParamStore, Result};
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{check_lr, derive_seed, options, recipe, stolen_weights};
+use crate::common::{check_lr, options, recipe, stolen_weights};
 use crate::objectives::FrozenBodyCrossEntropy;
+use harness_core::seeded::derive_seed;
 
 /// Which layers are re-initialised and which are trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -75,6 +77,13 @@ pub struct FineTune {
     config: FineTuneConfig,
 }
 
+/// The registry entry of `fine-tune`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Attack> = RegistryEntry {
+    id: "fine-tune",
+    summary: "fine-tune stolen weights on attacker data (ftll, ftal, rtll, rtal)",
+    build,
+};
+
 /// Builds [`FineTune`] from its settings.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
     Ok(Box::new(FineTune::new(settings(table)?)?))
@@ -122,9 +131,9 @@ impl FineTune {
         exposure: &Exposure,
         budget: &Budget,
     ) -> Result<StolenModel> {
-        let stolen = stolen_weights(exposure, self.id())?;
+        let stolen = stolen_weights(exposure, ENTRY.id)?;
         let variant = self.config.variant;
-        let model = PlainModel::build(stolen.spec.clone(), stolen.params.deep_copy()?)?;
+        let model = stolen.rebuild()?;
         if variant.reinitialises_head() {
             reinitialise_head(&model, derive_seed(ctx.seed, "fine-tune/head"))?;
         }
@@ -157,10 +166,6 @@ impl FineTune {
 }
 
 impl Attack for FineTune {
-    fn id(&self) -> &'static str {
-        "fine-tune"
-    }
-
     fn requires(&self) -> Requirement {
         Requirement::Weights
     }

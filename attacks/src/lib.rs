@@ -44,46 +44,14 @@ impl From<StolenModel> for Stolen {
 
 /// Adds every attack of this crate to `registry`; a new attack is one file plus one line here.
 pub fn register(registry: &mut Registry<dyn Attack>) {
-    registry.add(
-        "extraction",
-        "Knockoff-style extraction: query the oracle with transfer images, train a substitute",
-        extraction::build,
-    );
-    registry.add(
-        "fine-tune",
-        "fine-tune stolen weights on attacker data (ftll, ftal, rtll, rtal)",
-        fine_tune::build,
-    );
-    registry.add(
-        "prune",
-        "global magnitude pruning of stolen weights, then masked fine-tuning",
-        prune::build,
-    );
-    registry.add(
-        "adv-train",
-        "PGD L-infinity adversarial fine-tuning of stolen weights",
-        adv_train::build,
-    );
-    registry.add(
-        "reinit-encrypted",
-        "adaptive: find selectively encrypted kernels, re-initialise them, fine-tune",
-        reinit_encrypted::build,
-    );
-    registry.add(
-        "scratch",
-        "no-theft reference: a model trained from scratch on attacker data alone",
-        scratch::build,
-    );
-    registry.add(
-        "edgepro-guess",
-        "adaptive, edgepro only: guess the password (random and highest-activation neuron sets)",
-        edgepro_guess::build,
-    );
-    registry.add(
-        "edgepro-prune",
-        "adaptive, edgepro only: prune the most active neurons of the locked stages, fine-tune",
-        edgepro_prune::build,
-    );
+    registry.add(extraction::ENTRY);
+    registry.add(fine_tune::ENTRY);
+    registry.add(prune::ENTRY);
+    registry.add(adv_train::ENTRY);
+    registry.add(reinit_encrypted::ENTRY);
+    registry.add(scratch::ENTRY);
+    registry.add(edgepro_guess::ENTRY);
+    registry.add(edgepro_prune::ENTRY);
 }
 
 /// A registry holding every attack of this crate.

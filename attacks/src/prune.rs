@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Tensor, Var};
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, Measure, PlainModel, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, Exposure, Measure, RegistryEntry, Requirement, Stolen, settings,
 };
 use harness_core::train::{CrossEntropy, TrainOptions, train};
 use harness_core::{Error, ParamStore, Result};
@@ -46,6 +46,13 @@ impl Default for PruneConfig {
 pub struct Prune {
     config: PruneConfig,
 }
+
+/// The registry entry of `prune`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Attack> = RegistryEntry {
+    id: "prune",
+    summary: "global magnitude pruning of stolen weights, then masked fine-tuning",
+    build,
+};
 
 /// Builds [`Prune`] from its settings.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
@@ -145,8 +152,8 @@ impl Prune {
         exposure: &Exposure,
         budget: &Budget,
     ) -> Result<StolenModel> {
-        let stolen = stolen_weights(exposure, self.id())?;
-        let model = PlainModel::build(stolen.spec.clone(), stolen.params.deep_copy()?)?;
+        let stolen = stolen_weights(exposure, ENTRY.id)?;
+        let model = stolen.rebuild()?;
         let masks = prune_globally(&model.params, self.config.rate)?;
         if self.config.fine_tune && budget.epochs > 0 {
             let reapply = || -> Result<()> {
@@ -181,10 +188,6 @@ impl Prune {
 }
 
 impl Attack for Prune {
-    fn id(&self) -> &'static str {
-        "prune"
-    }
-
     fn requires(&self) -> Requirement {
         Requirement::Weights
     }

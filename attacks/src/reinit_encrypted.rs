@@ -15,14 +15,16 @@
 
 use candle_core::{DType, Tensor};
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, Measure, PlainModel, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, Disclosure, DisclosureKind, Exposure, Measure, RegistryEntry,
+    Requirement, Stolen, settings,
 };
 use harness_core::train::{CrossEntropy, train};
 use harness_core::{Error, ParamStore, Result};
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{check_lr, derive_seed, options, recipe, stolen_weights};
+use crate::common::{check_lr, options, recipe, stolen_weights};
+use harness_core::seeded::derive_seed;
 
 /// How suspects are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -62,6 +64,13 @@ impl Default for ReinitConfig {
 pub struct ReinitEncrypted {
     config: ReinitConfig,
 }
+
+/// The registry entry of `reinit-encrypted`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Attack> = RegistryEntry {
+    id: "reinit-encrypted",
+    summary: "adaptive: find selectively encrypted kernels, re-initialise them, fine-tune",
+    build,
+};
 
 /// Builds [`ReinitEncrypted`] from its settings.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
@@ -128,28 +137,26 @@ impl ReinitEncrypted {
         exposure: &Exposure,
         budget: &Budget,
     ) -> Result<StolenModel> {
-        let stolen = stolen_weights(exposure, self.id())?;
-        let model = PlainModel::build(stolen.spec.clone(), stolen.params.deep_copy()?)?;
-        let public = &stolen.public;
-        let layers: Vec<String> = public["eligible_layers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|l| l["name"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let stolen = stolen_weights(exposure, ENTRY.id)?;
+        let model = stolen.rebuild()?;
+        let Disclosure::SelectiveEncryption(public) = &stolen.public else {
+            return Err(Error::Config(format!(
+                "`reinit-encrypted` needs a selectively encrypted model (its public header names \
+                 the encrypted layers); the stolen model's public description is `{}`",
+                stolen.public.kind()
+            )));
+        };
+        let layers: Vec<String> = public.layers.iter().map(|l| l.name.clone()).collect();
         if layers.is_empty() {
             return Err(Error::Config(
-                "`reinit-encrypted` needs the eligible layers in the stolen model's public header (a selective-encryption model)".into(),
+                "`reinit-encrypted`: the stolen model's public header lists no encrypted layers"
+                    .into(),
             ));
         }
         let fraction = match (self.config.mode, self.config.fraction) {
             (Mode::All, _) => 1.0,
             (Mode::Detect, Some(f)) => f,
-            (Mode::Detect, None) => public["ratio"].as_f64().ok_or_else(|| {
-                Error::Config("the public header has no `ratio`; set `fraction`".into())
-            })?,
+            (Mode::Detect, None) => public.ratio,
         };
         let fresh = ParamStore::new(
             derive_seed(ctx.seed, "reinit-encrypted/init"),
@@ -213,16 +220,12 @@ impl ReinitEncrypted {
 }
 
 impl Attack for ReinitEncrypted {
-    fn id(&self) -> &'static str {
-        "reinit-encrypted"
-    }
-
     fn requires(&self) -> Requirement {
         Requirement::Weights
     }
 
-    fn targets(&self) -> Option<&'static str> {
-        Some("selective-encryption")
+    fn targets(&self) -> Option<DisclosureKind> {
+        Some(DisclosureKind::SelectiveEncryption)
     }
 
     fn run(&self, ctx: &AttackContext<'_>, exposure: &Exposure, budget: &Budget) -> Result<Stolen> {

@@ -4,14 +4,16 @@
 //! public in the deployed file), else the configured one; only the spec is read, never weights.
 
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, PlainModel, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, Exposure, PlainModel, RegistryEntry, Requirement, Stolen,
+    settings,
 };
 use harness_core::train::{CrossEntropy, train};
 use harness_core::{Arch, Error, ModelSpec, ParamStore, Result};
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{derive_seed, options, recipe};
+use crate::common::{options, recipe};
+use harness_core::seeded::derive_seed;
 
 /// Settings of `scratch` (`[attacks.scratch]` in a matrix file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -39,6 +41,13 @@ pub struct Scratch {
     width: f64,
 }
 
+/// The registry entry of `scratch`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Attack> = RegistryEntry {
+    id: "scratch",
+    summary: "no-theft reference: a model trained from scratch on attacker data alone",
+    build,
+};
+
 /// Builds [`Scratch`] from its settings; an unknown architecture answers with the closest ids.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
     Ok(Box::new(Scratch::new(settings(table)?)?))
@@ -63,7 +72,7 @@ impl Scratch {
     /// The model to train: the stolen spec when exposed, else the configured architecture with
     /// the attacker data's classes and channels.
     pub fn spec(&self, ctx: &AttackContext<'_>, exposure: &Exposure) -> ModelSpec {
-        match &exposure.weights {
+        match &exposure.stolen {
             Some(w) => w.spec.clone(),
             None => ModelSpec::new(self.arch, ctx.attacker_data.num_classes())
                 .with_in_channels(ctx.attacker_data.channels)
@@ -99,10 +108,6 @@ impl Scratch {
 }
 
 impl Attack for Scratch {
-    fn id(&self) -> &'static str {
-        "scratch"
-    }
-
     fn requires(&self) -> Requirement {
         Requirement::Nothing
     }

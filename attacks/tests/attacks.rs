@@ -18,7 +18,8 @@ use datasets::catalog::{DatasetId, LoadOptions, Normalization};
 use datasets::{ImageSet, Split};
 use harness_core::eval::{agreement, evaluate, predict};
 use harness_core::protect::{
-    AttackContext, Budget, Exposure, Oracle, OutputMode, PlainModel, Requirement, StolenWeights,
+    AttackContext, Budget, DisclosureKind, Exposure, Oracle, OutputMode, PlainModel, Requirement,
+    StolenArtifact,
 };
 use harness_core::train::{CrossEntropy, TrainConfig, TrainOptions, train};
 use harness_core::{Arch, ModelSpec, ParamStore};
@@ -106,7 +107,7 @@ fn ctx<'a>(f: &'a Fixture, attacker: &'a ImageSet) -> AttackContext<'a> {
 
 fn stolen(f: &Fixture) -> Exposure {
     Exposure {
-        weights: Some(StolenWeights::plain(
+        stolen: Some(StolenArtifact::plain(
             f.victim.spec.clone(),
             f.victim.params.deep_copy().unwrap(),
         )),
@@ -140,7 +141,7 @@ fn values(params: &ParamStore) -> Vec<(String, Vec<f32>)> {
 
 fn oracle(f: &Fixture, mode: OutputMode, limit: Option<u64>) -> Exposure {
     Exposure {
-        weights: None,
+        stolen: None,
         oracle: Some(Oracle::new(Arc::new(f.victim.clone()), mode, Vec::new()).with_limit(limit)),
     }
 }
@@ -544,16 +545,23 @@ fn registry_lists_every_attack_with_its_requirement() {
         (
             "reinit-encrypted",
             Requirement::Weights,
-            Some("selective-encryption"),
+            Some(DisclosureKind::SelectiveEncryption),
         ),
         ("scratch", Requirement::Nothing, None),
-        ("edgepro-guess", Requirement::Weights, Some("edgepro")),
-        ("edgepro-prune", Requirement::Weights, Some("edgepro")),
+        (
+            "edgepro-guess",
+            Requirement::Weights,
+            Some(DisclosureKind::Edgepro),
+        ),
+        (
+            "edgepro-prune",
+            Requirement::Weights,
+            Some(DisclosureKind::Edgepro),
+        ),
     ];
     let bad: toml::Table = toml::from_str("no_such_setting = 1").unwrap();
     for (id, need, target) in expected {
         let attack = registry.build(id, &toml::Table::new()).unwrap();
-        assert_eq!(attack.id(), id);
         assert_eq!(attack.requires(), need, "{id}");
         assert_eq!(attack.targets(), target, "{id}");
         let err = registry.build(id, &bad).err().unwrap().to_string();

@@ -15,7 +15,7 @@ use datasets::{ImageSet, Split};
 use defences::edgepro::{EdgePro, EdgeProConfig};
 use harness_core::protect::{
     Attack, AttackContext, Budget, Defence, DefenceContext, Deployed, Exposure, PlainModel,
-    Protected, StolenWeights, Victim,
+    Protected, StolenArtifact, Victim,
 };
 use harness_core::train::{CrossEntropy, TrainConfig, TrainOptions, train};
 use harness_core::{Arch, ModelSpec, ParamStore};
@@ -109,7 +109,7 @@ fn ctx(f: &Fixture) -> AttackContext<'_> {
 
 fn exposure(f: &Fixture) -> Exposure {
     Exposure {
-        weights: f.protected.stolen.clone(),
+        stolen: f.protected.stolen.clone(),
         oracle: None,
     }
 }
@@ -136,7 +136,10 @@ fn guessing_tries_every_kind_of_guess_and_keeps_the_best() {
         ..EdgeProGuessConfig::default()
     })
     .unwrap();
-    assert_eq!(attack.targets(), Some("edgepro"));
+    assert_eq!(
+        attack.targets(),
+        Some(harness_core::protect::DisclosureKind::Edgepro)
+    );
     let (model, ms) = attack.steal(&ctx(f), &exposure(f)).unwrap();
     assert_eq!(measure(&ms, "guesses"), 8.0);
     let best = measure(&ms, "best-guess-accuracy-attacker-data");
@@ -155,7 +158,7 @@ fn guessing_tries_every_kind_of_guess_and_keeps_the_best() {
     eprintln!("NLA {nla:.3}  NUA {nua:.3}  best guess {guessed:.3}  measures {ms:?}");
     // Weights without an EdgePro description are refused with a clear message.
     let plain = Exposure {
-        weights: Some(StolenWeights::plain(
+        stolen: Some(StolenArtifact::plain(
             f.victim.model.spec.clone(),
             f.victim.model.params.clone(),
         )),
@@ -169,7 +172,10 @@ fn guessing_tries_every_kind_of_guess_and_keeps_the_best() {
 fn pruning_zeroes_the_most_active_neurons_of_each_locked_stage_and_fine_tunes() {
     let f = fixture();
     let attack = EdgeProPrune::new(EdgeProPruneConfig::default()).unwrap();
-    assert_eq!(attack.targets(), Some("edgepro"));
+    assert_eq!(
+        attack.targets(),
+        Some(harness_core::protect::DisclosureKind::Edgepro)
+    );
     let budget = Budget {
         epochs: 2,
         queries: None,

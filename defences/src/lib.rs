@@ -13,17 +13,9 @@ use harness_core::protect::{Defence, Registry};
 
 /// Adds every defence of this crate to `registry`; a new defence is one file plus one line here.
 pub fn register(registry: &mut Registry<dyn Defence>) {
-    registry.add("none", "the unprotected victim (baseline)", none::build);
-    registry.add(
-        "edgepro",
-        "EdgePro: neuron locking with a sealed password",
-        edgepro::build,
-    );
-    registry.add(
-        "selective-encryption",
-        "PSS + DPRM selective encryption with hierarchical licences",
-        selective_encryption::build,
-    );
+    registry.add(none::ENTRY);
+    registry.add(edgepro::ENTRY);
+    registry.add(selective_encryption::ENTRY);
 }
 
 /// A registry holding every defence of this crate.

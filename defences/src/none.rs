@@ -2,7 +2,7 @@
 //! weights gets them as they are; every other defence is read against this row.
 
 use harness_core::Result;
-use harness_core::protect::{Defence, DefenceContext, Protected, Victim, settings};
+use harness_core::protect::{Defence, DefenceContext, Protected, RegistryEntry, Victim, settings};
 
 /// `none` takes no settings.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -12,6 +12,13 @@ struct NoneConfig {}
 /// The unprotected baseline.
 pub struct NoDefence;
 
+/// The registry entry of `none`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Defence> = RegistryEntry {
+    id: "none",
+    summary: "the unprotected victim (baseline)",
+    build,
+};
+
 /// Builds [`NoDefence`]; any setting is an error (there are none).
 pub fn build(table: &toml::Table) -> Result<Box<dyn Defence>> {
     let _: NoneConfig = settings(table)?;
@@ -19,10 +26,6 @@ pub fn build(table: &toml::Table) -> Result<Box<dyn Defence>> {
 }
 
 impl Defence for NoDefence {
-    fn id(&self) -> &'static str {
-        "none"
-    }
-
     fn protect(&self, _ctx: &DefenceContext<'_>, victim: &Victim) -> Result<Protected> {
         Ok(Protected::unprotected(victim))
     }

@@ -13,10 +13,10 @@ use datasets::catalog::{DatasetId, LoadOptions, Normalization};
 use datasets::{ImageSet, Split};
 use defences::edgepro::lock_training::LockObjective;
 use defences::edgepro::password::Password;
-use defences::edgepro::public::PublicInfo;
 use defences::edgepro::selection::{lock_count, pool_size};
 use defences::edgepro::{EdgePro, EdgeProConfig, owner_deployment};
 use harness_core::eval::evaluate;
+use harness_core::protect::Disclosure;
 use harness_core::protect::{Defence, DefenceContext, Deployed, PlainModel, Victim};
 use harness_core::sealed::SealError;
 use harness_core::train::{CrossEntropy, TrainConfig, TrainOptions, train};
@@ -356,9 +356,14 @@ fn the_locked_model_is_accurate_with_the_password_and_not_without() {
     assert!(measure("hook-overhead-ms-p50").is_some());
     // The thief's view: locked weights (not the victim's), stage names, no neuron indices.
     let stolen = protected.stolen.as_ref().unwrap();
-    let info = PublicInfo::from_json(&stolen.public).unwrap();
+    let Disclosure::Edgepro(info) = &stolen.public else {
+        panic!(
+            "an EdgePro model discloses its lock description, got {:?}",
+            stolen.public
+        );
+    };
     assert_eq!(info.locked_stages.len(), 5);
-    let text = stolen.public.to_string();
+    let text = serde_json::to_string(&stolen.public).unwrap();
     for secret in ["\"neurons\"", "value", "scale", "lambda"] {
         assert!(!text.contains(secret), "{secret} in {text}");
     }

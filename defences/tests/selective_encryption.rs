@@ -483,9 +483,15 @@ fn the_defence_gives_levels_owner_and_stolen_weights() {
         .unwrap();
     assert_eq!(a, b, "the owner runs the victim");
     let stolen = prot.stolen.unwrap();
-    assert_eq!(stolen.public["method"], "selective-encryption");
-    assert!(stolen.public.get("eligible_layers").is_some());
-    let text = stolen.public.to_string();
+    let harness_core::protect::Disclosure::SelectiveEncryption(header) = &stolen.public else {
+        panic!(
+            "a selectively encrypted model discloses its header, got {:?}",
+            stolen.public
+        );
+    };
+    assert!(!header.layers.is_empty());
+    assert!(stolen.is_whole());
+    let text = serde_json::to_string(&stolen.public).unwrap();
     assert!(
         !text.contains("tiers") && !text.contains("kernel\":"),
         "{text}"

@@ -15,7 +15,7 @@ use harness_core::{Model, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::hook::MaskHook;
+use harness_core::protect::MaskHook;
 
 /// The lock-training loss. Random labels come from a stream keyed by `seed` and the step
 /// number, so a run is repeatable.

@@ -9,12 +9,12 @@
 //! 3. Lock-train: half of every batch with the password and true labels, half without it and
 //!    random labels ([`lock_training`]).
 //! 4. Deploy the locked weights plus a runtime hook that applies the password after each locked
-//!    stage ([`hook`]). Without the password the same weights predict near chance (NUA); with it
+//!    stage ([`harness_core::protect::MaskHook`]). Without the password the same weights predict near chance (NUA); with it
 //!    they keep the victim's accuracy (NLA).
 //!
 //! The owner's deployment is built by opening the sealed password file bound to the locked
 //! weights, as a real owner's runtime would. `levels` holds `no-password` (the locked weights
-//! run without the hook: NUA); a thief gets the locked weights and [`public::PublicInfo`].
+//! run without the hook: NUA); a thief gets the locked weights and a [`harness_core::protect::LockDisclosure`].
 //!
 //! Choice: lock training starts from the victim's weights (`init = "victim"`), the reading under
 //! which ranking the pretrained victim's neurons (step 1) describes the model being locked; the
@@ -27,12 +27,9 @@
 //! Choice: the password is drawn from the cell's seed so that benchmark rows repeat;
 //! `os_random_password = true` draws it from the OS random source instead, as a deployment should.
 
-pub mod hook;
 pub mod lock_training;
 pub mod overhead;
 pub mod password;
-pub mod public;
-pub mod ranking;
 pub mod selection;
 
 use std::sync::Arc;
@@ -40,19 +37,20 @@ use std::sync::Arc;
 use harness_core::Model;
 use harness_core::eval::evaluate;
 use harness_core::protect::{
-    Defence, DefenceContext, Measure, PlainModel, Protected, StolenWeights, Victim, settings,
+    Capabilities, Defence, DefenceContext, Disclosure, DisclosureKind, LockDisclosure, LockedStage,
+    MaskedModel, Measure, PlainModel, Protected, RegistryEntry, StolenArtifact, Theft, Victim,
+    settings,
 };
+use harness_core::seeded::{derive_seed, sample_indices};
 use harness_core::train::{SgdConfig, TrainOptions, TrainReport, train};
+use harness_core::zoo::activations;
 use harness_core::{Error, ParamStore, Result};
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use hook::HookedModel;
 use lock_training::LockObjective;
 use password::{Password, StageLock};
-use public::{PublicInfo, PublicStage};
 
 /// Where lock training starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -127,6 +125,13 @@ pub struct EdgePro {
     config: EdgeProConfig,
 }
 
+/// The registry entry of `edgepro`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Defence> = RegistryEntry {
+    id: "edgepro",
+    summary: "EdgePro: neuron locking with a sealed password",
+    build,
+};
+
 /// Builds [`EdgePro`] from its settings.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Defence>> {
     Ok(Box::new(EdgePro::new(settings(table)?)?))
@@ -142,26 +147,6 @@ pub struct Locked {
     pub sealed: Vec<u8>,
     /// The lock-training run.
     pub report: TrainReport,
-}
-
-/// A seed for one purpose, derived from the cell's (FNV-1a of the purpose, splitmix64 mix), so
-/// the defence's streams never coincide with the victim's or each other's.
-fn derive_seed(seed: u64, purpose: &str) -> u64 {
-    let tag = purpose.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    let mut z = seed ^ tag;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// `min(k, n)` distinct indices of `0..n`, chosen by `seed`.
-pub fn sample_indices(n: usize, k: usize, seed: u64) -> Vec<usize> {
-    let mut all: Vec<usize> = (0..n).collect();
-    all.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    all.truncate(k.min(n));
-    all
 }
 
 impl EdgePro {
@@ -269,7 +254,7 @@ impl EdgePro {
             self.config.rank_images,
             derive_seed(seed, "edgepro/rank-images"),
         );
-        let means = ranking::mean_activations(
+        let means = activations::mean_activations(
             model.model.as_ref(),
             ctx.owner_data,
             &images,
@@ -279,7 +264,7 @@ impl EdgePro {
         )?;
         Ok(locked
             .into_iter()
-            .map(|i| (i, ranking::rank(&means[i])))
+            .map(|i| (i, activations::rank(&means[i])))
             .collect())
     }
 
@@ -395,17 +380,18 @@ impl EdgePro {
         }
     }
 
-    /// What a thief learns without the password.
-    pub fn public_info(&self, password: &Password) -> PublicInfo {
-        PublicInfo {
-            defence: "edgepro".into(),
+    /// What a thief learns without the password: which stages the runtime hooks, their sizes,
+    /// and the method's public parameters with the per-stage counts they imply.
+    pub fn public_info(&self, password: &Password) -> LockDisclosure {
+        LockDisclosure {
             locked_stages: password
                 .locks
                 .iter()
-                .map(|l| PublicStage {
+                .map(|l| LockedStage {
                     name: l.stage.clone(),
                     channels: l.channels,
                     locked_neurons: l.neurons.len(),
+                    pool: selection::pool_size(l.channels, self.config.pool_fraction),
                 })
                 .collect(),
             gamma: self.config.gamma,
@@ -421,15 +407,19 @@ pub fn owner_deployment(
     sealed: &[u8],
     passphrase: Option<&str>,
     device: &candle_core::Device,
-) -> Result<HookedModel> {
+) -> Result<MaskedModel> {
     let password = Password::open(sealed, &model.params, passphrase)?;
     let hook = password.hook(model.model.as_ref(), device)?;
-    Ok(HookedModel::new(model, hook, sealed.len()))
+    Ok(MaskedModel::new(model, hook, sealed.len()))
 }
 
 impl Defence for EdgePro {
-    fn id(&self) -> &'static str {
-        "edgepro"
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            theft: Theft::Whole,
+            disclosure: DisclosureKind::Edgepro,
+            verifies_ownership: false,
+        }
     }
 
     fn protect(&self, ctx: &DefenceContext<'_>, victim: &Victim) -> Result<Protected> {
@@ -491,15 +481,15 @@ impl Defence for EdgePro {
             locked.report.history.len() as f64,
         ));
 
-        let public = self.public_info(&locked.password).to_json()?;
+        let public = Disclosure::Edgepro(self.public_info(&locked.password));
         Ok(Protected {
             owner: Arc::new(owner),
             levels: vec![("no-password".into(), Arc::new(no_password))],
-            stolen: Some(StolenWeights {
-                spec: locked.model.spec.clone(),
-                params: locked.model.params.deep_copy()?,
+            stolen: Some(StolenArtifact::whole(
+                locked.model.spec.clone(),
+                locked.model.params.deep_copy()?,
                 public,
-            }),
+            )),
             measures,
             verifier: None,
         })
@@ -542,13 +532,5 @@ mod tests {
             let key = bad.split(' ').next().unwrap_or_default();
             assert!(bad.contains('"') || err.contains(key), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn derived_seeds_differ_by_purpose() {
-        assert_ne!(derive_seed(0, "a"), derive_seed(0, "b"));
-        assert_eq!(derive_seed(3, "a"), derive_seed(3, "a"));
-        assert_eq!(sample_indices(10, 3, 1), sample_indices(10, 3, 1));
-        assert_eq!(sample_indices(2, 5, 1).len(), 2);
     }
 }

@@ -12,7 +12,8 @@ use harness_core::sealed;
 use harness_core::{Error, Model, ParamStore, Result};
 use zeroize::Zeroizing;
 
-use super::hook::{MaskHook, factors};
+use harness_core::protect::MaskHook;
+use harness_core::protect::masked::factors;
 
 /// The purpose name of sealed password files.
 pub const PURPOSE: &str = "edgepro-password";

@@ -22,7 +22,8 @@ pub fn lock_count(n: usize, gamma: f64) -> usize {
 /// Draws the authorised neurons of one stage from `ranking` (neuron indices, most active
 /// first): `lock_count(n, gamma)` distinct neurons from the pool of the `pool_size(n,
 /// pool_fraction)` best, by roulette with weight `pool - r` for the neuron at rank `r` (the best
-/// has weight `pool`, the last of the pool 1). Returned in draw order.
+/// has weight `pool`, the last of the pool 1; [`harness_core::seeded::rank_roulette`]).
+/// Returned in draw order.
 ///
 /// Choice: sampling without replacement, each draw proportional to the weights of the neurons
 /// not yet drawn, which is what the authors' loop (redraw on a duplicate) amounts to; their
@@ -43,26 +44,7 @@ pub fn select_neurons<R: Rng + ?Sized>(
              (pool_fraction {pool_fraction}); lower gamma or raise pool_fraction"
         )));
     }
-    let mut candidates: Vec<(usize, f64)> = ranking[..pool]
-        .iter()
-        .enumerate()
-        .map(|(r, &neuron)| (neuron, (pool - r) as f64))
-        .collect();
-    let mut chosen = Vec::with_capacity(count);
-    while chosen.len() < count {
-        let total: f64 = candidates.iter().map(|c| c.1).sum();
-        let mut ball = rng.random::<f64>() * total;
-        let mut pick = candidates.len() - 1;
-        for (i, c) in candidates.iter().enumerate() {
-            if ball < c.1 {
-                pick = i;
-                break;
-            }
-            ball -= c.1;
-        }
-        chosen.push(candidates.remove(pick).0);
-    }
-    Ok(chosen)
+    harness_core::seeded::rank_roulette(ranking, pool, count, rng)
 }
 
 #[cfg(test)]

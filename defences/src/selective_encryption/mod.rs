@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use harness_core::protect::{
-    Defence, DefenceContext, Measure, PlainModel, Protected, StolenWeights, Victim, settings,
+    Capabilities, Defence, DefenceContext, Disclosure, DisclosureKind, EncryptedLayer,
+    EncryptionDisclosure, Measure, PlainModel, Protected, RegistryEntry, StolenArtifact, Theft,
+    Victim, settings,
 };
 use harness_core::{Error, ModelSpec, ParamStore, Result, Task};
 use rand::SeedableRng;
@@ -106,6 +108,13 @@ impl SelectiveEncryptionConfig {
 pub struct SelectiveEncryption {
     config: SelectiveEncryptionConfig,
 }
+
+/// The registry entry of `selective-encryption`: its id (declared here only), summary and constructor.
+pub const ENTRY: RegistryEntry<dyn Defence> = RegistryEntry {
+    id: "selective-encryption",
+    summary: "PSS + DPRM selective encryption with hierarchical licences",
+    build,
+};
 
 /// Builds [`SelectiveEncryption`] from its settings.
 pub fn build(table: &toml::Table) -> Result<Box<dyn Defence>> {
@@ -188,8 +197,12 @@ fn plain_model(
 }
 
 impl Defence for SelectiveEncryption {
-    fn id(&self) -> &'static str {
-        "selective-encryption"
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            theft: Theft::Whole,
+            disclosure: DisclosureKind::SelectiveEncryption,
+            verifies_ownership: false,
+        }
     }
 
     fn protect(&self, ctx: &DefenceContext<'_>, victim: &Victim) -> Result<Protected> {
@@ -255,21 +268,24 @@ impl Defence for SelectiveEncryption {
         let stolen = plain_model(spec, &enc.model, ctx.seed, ctx.device)?;
         let r = &enc.report;
         let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        let public = serde_json::json!({
-            "method": "selective-encryption",
-            "ratio": header.ratio,
-            "levels": header.levels,
-            "ranking": header.ranking,
-            "eligible_layers": header.layers,
+        let public = Disclosure::SelectiveEncryption(EncryptionDisclosure {
+            ratio: header.ratio,
+            levels: header.levels,
+            ranking: header.ranking.id().to_string(),
+            layers: header
+                .layers
+                .iter()
+                .map(|l| EncryptedLayer {
+                    name: l.name.clone(),
+                    kernels: l.kernels,
+                    kernel_len: l.kernel_len,
+                })
+                .collect(),
         });
         Ok(Protected {
             owner: Arc::new(owner),
             levels,
-            stolen: Some(StolenWeights {
-                spec: spec.clone(),
-                params: stolen.params,
-                public,
-            }),
+            stolen: Some(StolenArtifact::whole(spec.clone(), stolen.params, public)),
             measures: vec![
                 Measure::lower(
                     "encrypted-fraction",

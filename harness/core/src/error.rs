@@ -75,6 +75,10 @@ pub enum Error {
     /// An invalid setting (a zero batch size, an empty dataset, a schedule that makes no sense).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A component broke its own contract (a defence returned something other than it
+    /// declared): a bug in that component, not a usage error.
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
     /// A sealed secret file could not be opened or written.
     #[error(transparent)]
     Sealed(#[from] crate::sealed::SealError),

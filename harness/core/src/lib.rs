@@ -14,6 +14,7 @@ pub mod nn;
 pub mod params;
 pub mod protect;
 pub mod sealed;
+pub mod seeded;
 mod task;
 pub mod train;
 pub mod zoo;

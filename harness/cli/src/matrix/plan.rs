@@ -3,7 +3,7 @@
 
 use anyhow::bail;
 use harness_core::protect::{
-    Attack, Budget, Defence, OutputMode, Perturbation, Registry, Requirement,
+    Attack, Budget, Defence, OutputMode, Perturbation, Registry, Requirement, Theft,
 };
 use sha2::{Digest, Sha256};
 
@@ -14,6 +14,8 @@ use crate::exit::UsageError;
 pub struct DefenceEntry {
     /// The entry as written (`none+reverse-sigmoid`): the value in records.
     pub name: String,
+    /// The registry id of its base defence (`none`).
+    pub id: String,
     /// The built defence.
     pub defence: Box<dyn Defence>,
     /// How the owner's API answers.
@@ -342,6 +344,7 @@ impl Plan {
             }
             defences.push(DefenceEntry {
                 name: entry.clone(),
+                id: id.clone(),
                 defence,
                 mode,
                 perturbations,
@@ -444,25 +447,29 @@ impl Plan {
                         if a.attack.requires() == Requirement::Nothing {
                             cells.push(key("*", &a.name));
                             // Independent models are also the null cases of ownership verifiers.
-                            for d in defences
-                                .iter()
-                                .filter(|d| d.defence.verifies_ownership() && a.runs_against(d))
-                            {
+                            for d in defences.iter().filter(|d| {
+                                d.defence.capabilities().verifies_ownership && a.runs_against(d)
+                            }) {
                                 cells.push(key(&d.name, &a.name));
                             }
                             continue;
                         }
                         if let Some(target) = a.attack.targets()
-                            && !defences.iter().any(|d| d.defence.id() == target)
+                            && !defences
+                                .iter()
+                                .any(|d| d.defence.capabilities().disclosure == target)
                         {
                             bail!(UsageError(format!(
-                                "attack `{}` is an adaptive attack on defence `{target}`, which is not \
-                                 in the matrix; add `{target}` to axes.defences or remove the attack",
+                                "attack `{}` is an adaptive attack on `{target}` (it reads the public \
+                                 description a `{target}` defence publishes), and no defence in the \
+                                 matrix publishes one; add `{target}` to axes.defences or remove \
+                                 the attack",
                                 a.name
                             )));
                         }
                         for d in &defences {
-                            if a.attack.targets().is_some_and(|t| t != d.defence.id())
+                            let caps = d.defence.capabilities();
+                            if a.attack.targets().is_some_and(|t| t != caps.disclosure)
                                 || !a.runs_against(d)
                             {
                                 continue;
@@ -470,18 +477,27 @@ impl Plan {
                             // Output perturbations act on the oracle only: a white-box attack on
                             // `base+perturbation` is the same run as on `base`; run it once.
                             let base = d.name.split('+').next().unwrap_or_default();
-                            if a.attack.requires() == Requirement::Weights
+                            let white_box = matches!(
+                                a.attack.requires(),
+                                Requirement::Weights | Requirement::Parts
+                            );
+                            if white_box
                                 && base != d.name
                                 && defences.iter().any(|o| o.name == base)
                             {
                                 continue;
                             }
-                            if a.attack.requires() == Requirement::Weights
-                                && !d.defence.exposes_weights()
-                            {
+                            if !a.attack.requires().met_by(caps.theft) {
+                                let (needs, has) = match caps.theft {
+                                    Theft::Parts => (
+                                        "the whole stolen model",
+                                        "lets a thief take some stages only",
+                                    ),
+                                    _ => ("stolen weights", "keeps them out of reach"),
+                                };
                                 bail!(UsageError(format!(
-                                    "attack `{}` needs stolen weights, but defence `{}` keeps them out \
-                                     of reach; remove the pair from the matrix",
+                                    "attack `{}` needs {needs}, but defence `{}` {has}; remove the \
+                                     pair from the matrix",
                                     a.name, d.name
                                 )));
                             }
@@ -537,13 +553,11 @@ fn check_every_attack_has_cells(
                      defence entry only when that defence verifies ownership, which `{}` does not",
                     a.name, d.name
                 ),
-                (_, Some(t)) if t != d.defence.id() => format!(
-                    "`{}` is an adaptive attack on defence `{t}`, and `{}` is a `{}` entry",
-                    a.name,
-                    d.name,
-                    d.defence.id()
+                (_, Some(t)) if t != d.defence.capabilities().disclosure => format!(
+                    "`{}` is an adaptive attack on `{t}`, and `{}` is a `{}` entry",
+                    a.name, d.name, d.id
                 ),
-                (Requirement::Weights, _) if base != d.name => format!(
+                (Requirement::Weights | Requirement::Parts, _) if base != d.name => format!(
                     "`{}` works on stolen weights, which output perturbations do not change: it \
                      runs against `{base}` instead (list `{base}`)",
                     a.name
@@ -570,17 +584,32 @@ fn check_every_attack_has_cells(
 mod tests {
     use super::*;
     use harness_core::protect::{
-        AttackContext, Budget, DefenceContext, Exposure, Protected, Stolen, Victim,
+        AttackContext, Budget, Capabilities, DefenceContext, DisclosureKind, Exposure, Factory,
+        Protected, RegistryEntry, Stolen, Victim,
     };
 
-    /// A defence that may claim to verify ownership (only its plan-time answers matter here).
+    fn entry<T: ?Sized>(id: &'static str, build: Factory<T>) -> RegistryEntry<T> {
+        RegistryEntry {
+            id,
+            summary: "",
+            build,
+        }
+    }
+
+    /// A defence that may claim to verify ownership and then publishes an EdgePro-kind
+    /// description (only its plan-time answers matter here).
     struct Verifying(bool);
     impl Defence for Verifying {
-        fn id(&self) -> &'static str {
-            if self.0 { "verifying" } else { "none" }
-        }
-        fn verifies_ownership(&self) -> bool {
-            self.0
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                verifies_ownership: self.0,
+                disclosure: if self.0 {
+                    DisclosureKind::Edgepro
+                } else {
+                    DisclosureKind::Nothing
+                },
+                ..Capabilities::default()
+            }
         }
         fn protect(&self, _: &DefenceContext<'_>, v: &Victim) -> harness_core::Result<Protected> {
             Ok(Protected::unprotected(v))
@@ -588,15 +617,12 @@ mod tests {
     }
 
     /// An attack with a fixed requirement and target (only its plan-time answers matter here).
-    struct Fake(Requirement, Option<&'static str>);
+    struct Fake(Requirement, Option<DisclosureKind>);
     impl Attack for Fake {
-        fn id(&self) -> &'static str {
-            "fake"
-        }
         fn requires(&self) -> Requirement {
             self.0
         }
-        fn targets(&self) -> Option<&'static str> {
+        fn targets(&self) -> Option<DisclosureKind> {
             self.1
         }
         fn run(
@@ -611,18 +637,21 @@ mod tests {
 
     fn registries() -> (Registry<dyn Defence>, Registry<dyn Attack>) {
         let mut d: Registry<dyn Defence> = Registry::new("defence");
-        d.add("none", "", |_| Ok(Box::new(Verifying(false))));
-        d.add("verifying", "", |_| Ok(Box::new(Verifying(true))));
+        d.add(entry("none", |_| Ok(Box::new(Verifying(false)))));
+        d.add(entry("verifying", |_| Ok(Box::new(Verifying(true)))));
         let mut a: Registry<dyn Attack> = Registry::new("attack");
-        a.add("scratch", "", |_| {
+        a.add(entry("scratch", |_| {
             Ok(Box::new(Fake(Requirement::Nothing, None)))
-        });
-        a.add("steal", "", |_| {
+        }));
+        a.add(entry("steal", |_| {
             Ok(Box::new(Fake(Requirement::Weights, None)))
-        });
-        a.add("guess", "", |_| {
-            Ok(Box::new(Fake(Requirement::Weights, Some("verifying"))))
-        });
+        }));
+        a.add(entry("guess", |_| {
+            Ok(Box::new(Fake(
+                Requirement::Weights,
+                Some(DisclosureKind::Edgepro),
+            )))
+        }));
         (d, a)
     }
 
@@ -747,10 +776,7 @@ mod tests {
         let (d, a) = registries();
         let m = matrix("\"none\"", "\"guess\"");
         let err = Plan::new(&m, &d, &a).err().unwrap().to_string();
-        assert!(
-            err.contains("adaptive attack on defence `verifying`"),
-            "{err}"
-        );
+        assert!(err.contains("adaptive attack on `edgepro`"), "{err}");
     }
 
     /// `matrix(defences, attacks)` with more TOML after it (tables of settings).
@@ -958,7 +984,7 @@ mod tests {
             (
                 "\"guess\"",
                 "[attacks.guess]\ndefences = [\"none\"]",
-                "`guess` is an adaptive attack on defence `verifying`, and `none` is a `none` entry",
+                "`guess` is an adaptive attack on `edgepro`, and `none` is a `none` entry",
             ),
             // An empty list.
             (

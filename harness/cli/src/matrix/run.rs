@@ -451,6 +451,13 @@ fn run_cell(
             .map_err(|e| format!("{e}"))
             .and_then(|protected| {
                 let protect_seconds = start.elapsed().as_secs_f64();
+                // What came back must be what the defence declared (the planner paired it with
+                // attacks by that declaration).
+                dentry
+                    .defence
+                    .capabilities()
+                    .check(&dentry.id, &protected)
+                    .map_err(|e| format!("{e}"))?;
                 // A denoiser has no predictions: its quality is measured as PSNR below.
                 let owner_preds = match victim.task {
                     Task::Classification => predict(&*protected.owner, &data.test, norm, &s.device)
@@ -551,7 +558,7 @@ fn run_cell(
         Exposure::default()
     } else {
         Exposure {
-            weights: prot.stolen.clone(),
+            stolen: prot.stolen.clone(),
             oracle: Some(oracle.clone()),
         }
     };

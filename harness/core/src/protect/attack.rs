@@ -6,7 +6,7 @@ use candle_core::Device;
 use datasets::ImageSet;
 use datasets::catalog::Normalization;
 
-use super::{Deployed, Exposure, Measure, Requirement};
+use super::{Deployed, DisclosureKind, Exposure, Measure, Requirement};
 use crate::Result;
 use crate::train::TrainConfig;
 
@@ -47,17 +47,14 @@ pub struct Stolen {
 
 /// An attack. Implementations live in the `attacks` crate, one file each.
 pub trait Attack: Send + Sync {
-    /// Stable kebab-case id (the registry key, and the value in result records).
-    fn id(&self) -> &'static str;
-
     /// What the attack needs from an exposure; pairs that cannot run are rejected when the
     /// matrix is planned.
     fn requires(&self) -> Requirement;
 
-    /// For an adaptive attack on one protection's secret, the id of the defence it targets: the
-    /// planner pairs it with that defence only (and rejects a matrix without it). `None` for
-    /// generic attacks, which run against every defence.
-    fn targets(&self) -> Option<&'static str> {
+    /// For an adaptive attack on one protection's secret, the kind of public description it
+    /// reads: the planner pairs it with the defences that publish it only (and rejects a matrix
+    /// without one). `None` for generic attacks, which run against every defence.
+    fn targets(&self) -> Option<DisclosureKind> {
         None
     }
 

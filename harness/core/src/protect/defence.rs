@@ -6,7 +6,7 @@ use candle_core::Device;
 use datasets::ImageSet;
 use datasets::catalog::Normalization;
 
-use super::{Deployed, Measure, OwnershipVerifier, PlainModel, StolenWeights};
+use super::{Capabilities, Deployed, Measure, OwnershipVerifier, PlainModel, StolenArtifact};
 use crate::train::TrainConfig;
 use crate::{Result, Task};
 
@@ -43,12 +43,12 @@ pub struct Protected {
     /// Each access level below full, weakest first, for protections with levels (name, model).
     pub levels: Vec<(String, Arc<dyn Deployed>)>,
     /// What a thief of the deployed files gets (`None` when the threat model keeps the weights
-    /// out of reach, e.g. a cloud-only API).
-    pub stolen: Option<StolenWeights>,
+    /// out of reach, e.g. a cloud-only API), as declared by [`Defence::capabilities`].
+    pub stolen: Option<StolenArtifact>,
     /// Protection-specific measures (fraction encrypted, secret size, ...).
     pub measures: Vec<Measure>,
     /// The owner's ownership verifier, for protections that can recognise their model in a
-    /// suspect's hands (fingerprints, watermarks); then [`Defence::verifies_ownership`] is true.
+    /// suspect's hands (fingerprints, watermarks), as declared by [`Defence::capabilities`].
     pub verifier: Option<Arc<dyn OwnershipVerifier>>,
 }
 
@@ -58,7 +58,7 @@ impl Protected {
         Self {
             owner: Arc::new(victim.model.clone()),
             levels: Vec::new(),
-            stolen: Some(StolenWeights::plain(
+            stolen: Some(StolenArtifact::plain(
                 victim.model.spec.clone(),
                 victim.model.params.clone(),
             )),
@@ -70,21 +70,11 @@ impl Protected {
 
 /// A protection method. Implementations live in the `defences` crate, one file each.
 pub trait Defence: Send + Sync {
-    /// Stable kebab-case id (the registry key, and the value in result records).
-    fn id(&self) -> &'static str;
-
-    /// Whether a thief can take the deployed weights under this protection's threat model (then
-    /// [`Protected::stolen`] is `Some`). The owner's prediction API is always there. The planner
-    /// uses this to reject pairs with attacks that need stolen weights before anything trains.
-    fn exposes_weights(&self) -> bool {
-        true
-    }
-
-    /// Whether [`Protected::verifier`] will be set. The planner then adds cells that put
-    /// independently trained models (the no-theft references) to the verifier, which give its
-    /// false-positive rate.
-    fn verifies_ownership(&self) -> bool {
-        false
+    /// What a thief can take, which public description comes with it, and whether the owner
+    /// gets an ownership verifier; the planner pairs defences and attacks by it, and the runner
+    /// checks every [`Protected`] against it. The default is an unprotected model's.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
     /// Protects `victim`. Time spent here is measured by the harness as protection overhead.

@@ -1,21 +1,37 @@
 //! The plug-in contract of the benchmark: what a defence produces, what an attacker is exposed
 //! to, and what an attack returns. The matrix runner only ever sees these types, so a new
-//! protection or attack is one file implementing [`Defence`] or [`Attack`] plus one registry line.
+//! protection or attack is one file implementing [`Defence`] or [`Attack`] plus one registry line
+//! (its [`RegistryEntry`], which holds its id, the one place the id is declared).
+//!
+//! A defence declares its [`Capabilities`] (what a thief takes, the kind of [`Disclosure`], an
+//! ownership verifier or not); the planner pairs it with attacks by their [`Requirement`] and,
+//! for adaptive attacks, by the [`DisclosureKind`] they target, and the runner checks the
+//! declaration against what `protect` returned. Pieces both sides need (channel masks on
+//! stages, activation ranking, seeded sampling) live in the core, so attacks never import
+//! defences.
 
 mod attack;
+mod capabilities;
 mod defence;
 mod deployed;
-mod exposure;
+mod disclosure;
+pub mod masked;
 mod oracle;
 mod registry;
+mod stolen;
 mod verifier;
 
 pub use attack::{Attack, AttackContext, Budget, Stolen};
+pub use capabilities::Capabilities;
 pub use defence::{Defence, DefenceContext, Protected, Victim};
 pub use deployed::{Deployed, PlainModel};
-pub use exposure::{Exposure, Requirement, StolenWeights};
+pub use disclosure::{
+    Disclosure, DisclosureKind, EncryptedLayer, EncryptionDisclosure, LockDisclosure, LockedStage,
+};
+pub use masked::{MaskHook, MaskedModel};
 pub use oracle::{Oracle, OutputMode, Perturbation, QueryLedger};
 pub use registry::{Factory, Registry, RegistryEntry, settings};
+pub use stolen::{Exposure, Parts, Requirement, StolenArtifact, Theft};
 pub use verifier::{OwnershipVerifier, Verdict};
 
 /// A named scalar a component reports beyond the harness's own metrics (fraction of parameters

@@ -7,7 +7,9 @@ use crate::{Error, Result};
 /// `[attacks.<id>]` table; empty when absent). Unknown settings must be rejected.
 pub type Factory<T> = fn(&toml::Table) -> Result<Box<T>>;
 
-/// One registered component.
+/// One registered component: each component's file declares its entry as a constant (its id,
+/// the only place the id is written, its summary and its constructor), and the crate's
+/// `register` adds it with one line.
 pub struct RegistryEntry<T: ?Sized> {
     /// Stable kebab-case id.
     pub id: &'static str,
@@ -33,13 +35,14 @@ impl<T: ?Sized> Registry<T> {
     }
 
     /// Registers a component; a duplicate id is a programming error caught by tests.
-    pub fn add(&mut self, id: &'static str, summary: &'static str, build: Factory<T>) -> &mut Self {
+    pub fn add(&mut self, entry: RegistryEntry<T>) -> &mut Self {
         debug_assert!(
-            self.entries.iter().all(|e| e.id != id),
-            "duplicate {} id {id}",
-            self.kind
+            self.entries.iter().all(|e| e.id != entry.id),
+            "duplicate {} id {}",
+            self.kind,
+            entry.id
         );
-        self.entries.push(RegistryEntry { id, summary, build });
+        self.entries.push(entry);
         self
     }
 
@@ -119,7 +122,11 @@ mod tests {
     #[test]
     fn builds_by_id_with_settings_and_suggests_on_typos() {
         let mut r: Registry<dyn Thing> = Registry::new("widget");
-        r.add("fine-tune", "", build_one);
+        r.add(RegistryEntry {
+            id: "fine-tune",
+            summary: "",
+            build: build_one,
+        });
         assert_eq!(r.build("fine-tune", &toml::Table::new()).unwrap().n(), 1);
         let t: toml::Table = toml::from_str("n = 7").unwrap();
         assert_eq!(r.build("fine-tune", &t).unwrap().n(), 7);

@@ -185,6 +185,7 @@ impl Precision {
     }
 }
 
+pub mod activations;
 pub mod dncnn;
 pub mod exit;
 pub mod mobilenet_v2;

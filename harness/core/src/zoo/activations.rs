@@ -1,14 +1,15 @@
 //! Neuron ranking: the mean activation of every channel (conv stages) or unit (pooled stages)
 //! of every stage over a few hundred clean images. EdgePro draws its authorised neurons from the
-//! top of this ranking; the guessing attack ranks the same way on its own images.
+//! top of this ranking; the attacks on it rank the same way on their own images, so the ranking
+//! lives here, beside the stages it reads.
 
 use std::sync::Mutex;
 
+use super::StageHook;
+use crate::{Error, Model, Result};
 use candle_core::{DType, Device, Tensor};
 use datasets::ImageSet;
 use datasets::catalog::Normalization;
-use harness_core::zoo::StageHook;
-use harness_core::{Error, Model, Result};
 
 /// Sums activations per stage and channel over the images it sees.
 struct Recorder {

@@ -1,11 +1,12 @@
-//! The runtime hook of a locked model: per-stage channel multipliers applied to the outputs of
-//! the zoo's stages ([`harness_core::zoo::StageHook`]). The owner's deployment is the locked
-//! weights plus this hook built from the password; a thief holds the weights alone.
+//! Channel masks on stage outputs: per-stage channel multipliers applied to the outputs of a
+//! zoo model's stages ([`crate::zoo::StageHook`]). A neuron-locking protection deploys its locked
+//! weights with such a mask built from its password; attacks on it run the same masks with a
+//! guessed password or to prune neurons, so the mask lives here, not in either crate.
 
+use super::{Deployed, PlainModel};
+use crate::zoo::{Pass, StageHook, StageInfo};
+use crate::{Error, Model, ModelSpec, Result};
 use candle_core::{Device, Tensor};
-use harness_core::protect::{Deployed, PlainModel};
-use harness_core::zoo::{Pass, StageHook, StageInfo};
-use harness_core::{Error, Model, ModelSpec, Result};
 
 /// Multiplies the channels of chosen stages by fixed factors. One mask per stage index of the
 /// model (`None`: the stage passes through untouched). With [`MaskHook::first_rows`] only the
@@ -92,7 +93,7 @@ impl StageHook for MaskHook {
 /// password, or a pruning mask. It is a [`Model`] (so the trainer and `eval` take it as is) and a
 /// [`Deployed`] (so the harness times and queries it).
 #[derive(Clone)]
-pub struct HookedModel {
+pub struct MaskedModel {
     /// The weights and the network.
     pub plain: PlainModel,
     /// The hook applied at every forward pass.
@@ -101,7 +102,7 @@ pub struct HookedModel {
     pub hook_bytes: usize,
 }
 
-impl HookedModel {
+impl MaskedModel {
     /// `plain` run with `hook`; `hook_bytes` is what shipping the hook costs.
     pub fn new(plain: PlainModel, hook: MaskHook, hook_bytes: usize) -> Self {
         Self {
@@ -112,7 +113,7 @@ impl HookedModel {
     }
 }
 
-impl Model for HookedModel {
+impl Model for MaskedModel {
     fn spec(&self) -> &ModelSpec {
         &self.plain.spec
     }
@@ -137,7 +138,7 @@ impl Model for HookedModel {
     }
 }
 
-impl Deployed for HookedModel {
+impl Deployed for MaskedModel {
     fn logits(&self, images: &Tensor) -> Result<Tensor> {
         Ok(self.forward_t(images, false)?.detach())
     }
