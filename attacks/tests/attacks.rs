@@ -14,17 +14,16 @@ use attacks::fine_tune::{FineTune, FineTuneConfig, Variant};
 use attacks::prune::{Prune, PruneConfig, prunable, prune_globally};
 use attacks::scratch::{Scratch, ScratchConfig};
 use candle_core::{DType, Device, Tensor};
-use datasets::catalog::{DatasetId, LoadOptions, Normalization};
-use datasets::{ImageSet, Split};
+use datasets::ImageSet;
 use harness_core::eval::{agreement, evaluate, predict};
 use harness_core::protect::{
     AttackContext, Budget, DisclosureKind, Exposure, Oracle, OutputMode, PlainModel, Requirement,
     StolenArtifact,
 };
-use harness_core::train::{CrossEntropy, TrainConfig, TrainOptions, train};
-use harness_core::{Arch, ModelSpec, ParamStore};
+use harness_core::train::TrainConfig;
+use harness_core::{Arch, ParamStore};
 
-const NORM: Normalization = Normalization::SYNTHETIC;
+use harness_core::testkit::{self, NORM};
 
 struct Fixture {
     victim: PlainModel,
@@ -33,62 +32,31 @@ struct Fixture {
     recipe: TrainConfig,
 }
 
-fn recipe() -> TrainConfig {
-    TrainConfig {
-        epochs: 4,
-        batch_size: 32,
-        augment: None,
-        normalization: Some(NORM),
-        seed: 0,
-        ..TrainConfig::default()
-    }
-}
-
 /// The victim, trained once per test binary and shared by every test.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let opts = LoadOptions {
-            use_cache: false,
-            ..LoadOptions::default()
-        };
-        let id = DatasetId::Synthetic(8);
-        let train_set =
-            datasets::catalog::load(&id, std::path::Path::new("."), Split::Train, &opts).unwrap();
-        let test =
-            datasets::catalog::load(&id, std::path::Path::new("."), Split::Test, &opts).unwrap();
-        let half = train_set.len() / 2;
-        let owner = train_set.select(&(0..half).collect::<Vec<_>>());
-        let attacker = train_set.select(&(half..train_set.len()).collect::<Vec<_>>());
-        let victim = PlainModel::build(
-            ModelSpec::new(Arch::Resnet20, 10),
-            ParamStore::new(0, &Device::Cpu),
-        )
-        .unwrap();
+        let data = testkit::synthetic_data().unwrap();
         let start = Instant::now();
-        let cfg = recipe();
-        train(
-            victim.model.as_ref(),
-            &victim.params,
-            &owner,
-            &cfg,
-            &CrossEntropy,
-            &TrainOptions::default(),
+        let victim = testkit::train_victim(&data.owner).unwrap();
+        let acc = evaluate(
+            victim.model.model.as_ref(),
+            &data.test,
+            Some(&NORM),
+            256,
             &Device::Cpu,
         )
-        .unwrap();
-        let acc = evaluate(victim.model.as_ref(), &test, Some(&NORM), 256, &Device::Cpu)
-            .unwrap()
-            .top1;
+        .unwrap()
+        .top1;
         eprintln!(
             "victim: test accuracy {acc:.3} after {:.1}s",
             start.elapsed().as_secs_f64()
         );
         Fixture {
-            victim,
-            attacker,
-            test,
-            recipe: cfg,
+            victim: victim.model,
+            attacker: data.attacker,
+            test: data.test,
+            recipe: victim.train,
         }
     })
 }

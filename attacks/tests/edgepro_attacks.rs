@@ -10,17 +10,14 @@ use std::sync::OnceLock;
 use attacks::edgepro_guess::{EdgeProGuess, EdgeProGuessConfig};
 use attacks::edgepro_prune::{EdgeProPrune, EdgeProPruneConfig};
 use candle_core::Device;
-use datasets::catalog::{DatasetId, LoadOptions, Normalization};
-use datasets::{ImageSet, Split};
+use datasets::ImageSet;
 use defences::edgepro::{EdgePro, EdgeProConfig};
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Defence, DefenceContext, Deployed, Exposure, PlainModel,
-    Protected, StolenArtifact, Victim,
+    Attack, AttackContext, Budget, Defence, DefenceContext, Deployed, Exposure, Protected,
+    StolenArtifact, Victim,
 };
-use harness_core::train::{CrossEntropy, TrainConfig, TrainOptions, train};
-use harness_core::{Arch, ModelSpec, ParamStore};
 
-const NORM: Normalization = Normalization::SYNTHETIC;
+use harness_core::testkit::{self, NORM};
 
 struct Fixture {
     victim: Victim,
@@ -32,45 +29,9 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let opts = LoadOptions {
-            use_cache: false,
-            ..LoadOptions::default()
-        };
-        let id = DatasetId::Synthetic(8);
-        let root = std::path::Path::new(".");
-        let train_set = datasets::catalog::load(&id, root, Split::Train, &opts).unwrap();
-        let test = datasets::catalog::load(&id, root, Split::Test, &opts).unwrap();
-        let half = train_set.len() / 2;
-        let owner = train_set.select(&(0..half).collect::<Vec<_>>());
-        let attacker = train_set.select(&(half..train_set.len()).collect::<Vec<_>>());
-        let model = PlainModel::build(
-            ModelSpec::new(Arch::Resnet20, 10),
-            ParamStore::new(0, &Device::Cpu),
-        )
-        .unwrap();
-        let recipe = TrainConfig {
-            epochs: 4,
-            batch_size: 32,
-            augment: None,
-            normalization: Some(NORM),
-            seed: 0,
-            ..TrainConfig::default()
-        };
-        train(
-            model.model.as_ref(),
-            &model.params,
-            &owner,
-            &recipe,
-            &CrossEntropy,
-            &TrainOptions::default(),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let victim = Victim {
-            model,
-            train: recipe,
-            task: harness_core::Task::Classification,
-        };
+        let data = testkit::synthetic_data().unwrap();
+        let victim = testkit::train_victim(&data.owner).unwrap();
+        let (owner, attacker, test) = (data.owner, data.attacker, data.test);
         let defence = EdgePro::new(EdgeProConfig {
             epochs: Some(6),
             lr: 0.05,

@@ -9,21 +9,19 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use datasets::catalog::{DatasetId, LoadOptions, Normalization};
-use datasets::{ImageSet, Split};
+use datasets::ImageSet;
 use defences::edgepro::lock_training::LockObjective;
 use defences::edgepro::password::Password;
 use defences::edgepro::selection::{lock_count, pool_size};
 use defences::edgepro::{EdgePro, EdgeProConfig, owner_deployment};
+use harness_core::Error;
 use harness_core::eval::evaluate;
 use harness_core::protect::Disclosure;
 use harness_core::protect::{Defence, DefenceContext, Deployed, PlainModel, Victim};
 use harness_core::sealed::SealError;
-use harness_core::train::{CrossEntropy, TrainConfig, TrainOptions, train};
 use harness_core::zoo::StageHook;
-use harness_core::{Arch, Error, ModelSpec, ParamStore};
 
-const NORM: Normalization = Normalization::SYNTHETIC;
+use harness_core::testkit::{self, NORM};
 
 struct Fixture {
     victim: Victim,
@@ -34,55 +32,27 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let opts = LoadOptions {
-            use_cache: false,
-            ..LoadOptions::default()
-        };
-        let id = DatasetId::Synthetic(8);
-        let root = std::path::Path::new(".");
-        let train_set = datasets::catalog::load(&id, root, Split::Train, &opts).unwrap();
-        let test = datasets::catalog::load(&id, root, Split::Test, &opts).unwrap();
-        let owner = train_set.select(&(0..train_set.len() / 2).collect::<Vec<_>>());
-        let model = PlainModel::build(
-            ModelSpec::new(Arch::Resnet20, 10),
-            ParamStore::new(0, &Device::Cpu),
-        )
-        .unwrap();
-        let recipe = TrainConfig {
-            epochs: 4,
-            batch_size: 32,
-            augment: None,
-            normalization: Some(NORM),
-            seed: 0,
-            ..TrainConfig::default()
-        };
+        let data = testkit::synthetic_data().unwrap();
         let start = Instant::now();
-        train(
-            model.model.as_ref(),
-            &model.params,
-            &owner,
-            &recipe,
-            &CrossEntropy,
-            &TrainOptions::default(),
+        let victim = testkit::train_victim(&data.owner).unwrap();
+        let acc = evaluate(
+            victim.model.model.as_ref(),
+            &data.test,
+            Some(&NORM),
+            256,
             &Device::Cpu,
         )
-        .unwrap();
-        let acc = evaluate(model.model.as_ref(), &test, Some(&NORM), 256, &Device::Cpu)
-            .unwrap()
-            .top1;
+        .unwrap()
+        .top1;
         eprintln!(
             "victim: {} owner images, test accuracy {acc:.3} after {:.1}s",
-            owner.len(),
+            data.owner.len(),
             start.elapsed().as_secs_f64()
         );
         Fixture {
-            victim: Victim {
-                model,
-                train: recipe,
-                task: harness_core::Task::Classification,
-            },
-            owner,
-            test,
+            victim,
+            owner: data.owner,
+            test: data.test,
         }
     })
 }

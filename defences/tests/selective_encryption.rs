@@ -10,8 +10,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::Device;
-use datasets::catalog::{DatasetId, LoadOptions, Normalization};
-use datasets::{ImageSet, Split};
+use datasets::ImageSet;
 use defences::selective_encryption::dprm::layer_stats;
 use defences::selective_encryption::levels::set_sizes;
 use defences::selective_encryption::ranking::selection_count;
@@ -22,10 +21,9 @@ use defences::selective_encryption::{
 use harness_core::eval::evaluate;
 use harness_core::protect::{DefenceContext, PlainModel, Victim};
 use harness_core::sealed::SealError;
-use harness_core::train::{CrossEntropy, TrainConfig, TrainOptions, train};
 use harness_core::{Arch, Error, ModelSpec, ParamStore};
 
-const NORM: Normalization = Normalization::SYNTHETIC;
+use harness_core::testkit::{self, NORM, recipe};
 const MASTER: [u8; 32] = [0x5e; 32];
 
 struct Fixture {
@@ -36,53 +34,20 @@ struct Fixture {
     accuracy: f64,
 }
 
-fn load(split: Split) -> ImageSet {
-    let opts = LoadOptions {
-        use_cache: false,
-        ..LoadOptions::default()
-    };
-    datasets::catalog::load(&DatasetId::Synthetic(8), Path::new("."), split, &opts).unwrap()
-}
-
-fn recipe() -> TrainConfig {
-    TrainConfig {
-        epochs: 4,
-        batch_size: 32,
-        augment: None,
-        normalization: Some(NORM),
-        seed: 0,
-        ..TrainConfig::default()
-    }
-}
-
-/// The victim, trained once per test binary.
+/// The victim (trained on every training image: this protection has no attacker half), trained
+/// once per test binary.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let train_set = load(Split::Train);
-        let test = load(Split::Test);
-        let victim = PlainModel::build(
-            ModelSpec::new(Arch::Resnet20, 10),
-            ParamStore::new(0, &Device::Cpu),
-        )
-        .unwrap();
-        train(
-            victim.model.as_ref(),
-            &victim.params,
-            &train_set,
-            &recipe(),
-            &CrossEntropy,
-            &TrainOptions::default(),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let accuracy = accuracy_of(&victim, &test);
+        let data = testkit::synthetic_data().unwrap();
+        let victim = testkit::train_victim(&data.train).unwrap().model;
+        let accuracy = accuracy_of(&victim, &data.test);
         assert!(accuracy > 0.8, "the victim trained ({accuracy})");
         let bytes = victim.params.to_safetensors_bytes().unwrap();
         Fixture {
             victim,
-            train: train_set,
-            test,
+            train: data.train,
+            test: data.test,
             bytes,
             accuracy,
         }

@@ -8,6 +8,8 @@ mod exit;
 mod lock;
 mod matrix;
 mod provenance;
+#[cfg(test)]
+mod toy_protection;
 
 use clap::Parser;
 

@@ -1,7 +1,7 @@
 //! `harness run --matrix FILE`: plan, run, report.
 
 use anyhow::{Context, bail};
-use harness_core::protect::Registry;
+use harness_core::protect::{Attack, Defence, Registry};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -54,14 +54,22 @@ fn refuse_foreign_results(dir: &std::path::Path, config_hash: &str) -> anyhow::R
     }
 }
 
-/// Runs the command.
+/// Runs the command with every defence and attack of the workspace.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    run_with(args, &defences::registry(), &attacks::registry())
+}
+
+/// Runs the command with the components of the given registries: the seam through which a
+/// component compiled elsewhere (a test's toy protection, a fork's new method) runs through the
+/// same matrix as the built-in ones.
+pub fn run_with(
+    args: RunArgs,
+    defence_registry: &Registry<dyn Defence>,
+    attack_registry: &Registry<dyn Attack>,
+) -> anyhow::Result<()> {
     let matrix = MatrixFile::read(&args.matrix)?.with_profile(args.profile.as_deref())?;
     let shard = parse_shard(args.shard.as_deref())?;
-    let defence_registry = defences::registry();
-    let mut attack_registry = Registry::new("attack");
-    attacks::register(&mut attack_registry);
-    let plan = Plan::new(&matrix, &defence_registry, &attack_registry)?;
+    let plan = Plan::new(&matrix, defence_registry, attack_registry)?;
     let config_json = serde_json::to_string(&matrix)?;
     let config_hash: String = Sha256::digest(config_json.as_bytes())
         .iter()
