@@ -111,8 +111,14 @@ fn guessing_tries_every_kind_of_guess_and_keeps_the_best() {
     ] {
         assert!(measure(&ms, kind) <= best, "{kind}");
     }
-    // The model is the stolen weights with a hook on the five locked stages.
-    assert_eq!(model.hook.masked_stages(), vec![0, 1, 2, 3, 4]);
+    // The model is the stolen weights with a hook on the five locked stages: the ends of the
+    // stage groups stem, layer1..3 and pool.
+    let locked: Vec<usize> = ["stem", "layer1", "layer2", "layer3", "pool"]
+        .iter()
+        .map(|g| model.plain.model.find_stage(g).unwrap())
+        .collect();
+    assert_eq!(model.hook.masked_stages(), locked);
+    assert_eq!(locked, vec![0, 3, 6, 9, 10]);
     let nla = accuracy(&*f.protected.owner, &f.test);
     let nua = accuracy(&*f.protected.levels[0].1, &f.test);
     let guessed = accuracy(&model, &f.test);
@@ -126,7 +132,7 @@ fn guessing_tries_every_kind_of_guess_and_keeps_the_best() {
         oracle: None,
     };
     let err = attack.steal(&ctx(f), &plain).err().unwrap().to_string();
-    assert!(err.contains("no EdgePro description"), "{err}");
+    assert!(err.contains("needs an EdgePro-locked model"), "{err}");
 }
 
 #[test]
