@@ -10,7 +10,8 @@
 
 use candle_core::{D, Tensor};
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, Measure, RegistryEntry, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, Exposure, Measure, RegistryEntry, Requirement, Stolen, above,
+    check, left_open, settings,
 };
 use harness_core::train::train;
 use harness_core::{Error, Model, Result};
@@ -20,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{check_lr, options, recipe, stolen_weights};
+use crate::common::{options, recipe, stolen_weights};
 use crate::objectives::{AdversarialCrossEntropy, Pgd};
 use harness_core::seeded::derive_seed;
 
@@ -120,23 +121,15 @@ pub fn robust_accuracy(
 }
 
 impl AdvTrain {
-    /// Checks the settings (budgets within the pixel range).
+    /// Checks the settings: budgets within the pixel range, in 1/255 units (0 would be plain
+    /// fine-tuning), at least one PGD step, a positive learning rate.
     pub fn new(config: AdvTrainConfig) -> Result<Self> {
-        for (name, v) in [("eps_255", config.eps_255), ("step_255", config.step_255)] {
-            if !(v.is_finite() && v > 0.0 && v <= 255.0) {
-                return Err(Error::Config(format!(
-                    "`{name}` must satisfy 0 < {name} <= 255 (1/255 pixel units; 0 would be \
-                     plain fine-tuning), got {v}"
-                )));
-            }
-        }
-        if config.steps == 0 {
-            return Err(Error::Config(
-                "`steps` must be at least 1 (0 PGD steps crafts no adversarial example)".into(),
-            ));
-        }
+        check("eps_255", config.eps_255, left_open(0.0, 255.0))?;
+        check("step_255", config.step_255, left_open(0.0, 255.0))?;
+        check("steps", config.steps, 1..)?;
+        check("lr", config.lr, above(0.0))?;
+        check("robust_eval_images", config.robust_eval_images, 0..)?;
         config.pgd().validate()?;
-        check_lr(config.lr)?;
         Ok(Self { config })
     }
 

@@ -50,17 +50,6 @@ pub(crate) fn stolen_weights<'e>(
     Ok(weights)
 }
 
-/// Checks a learning rate from the settings.
-pub(crate) fn check_lr(lr: f64) -> Result<()> {
-    if lr.is_finite() && lr > 0.0 {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "`lr` must be a positive number (0 would train nothing), got {lr}"
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,14 +72,5 @@ mod tests {
         };
         assert!(stolen_weights(&weights(Arch::Resnet20), "prune").is_ok());
         assert!(stolen_weights(&weights(Arch::Dncnn), "prune").is_err());
-    }
-
-    #[test]
-    fn learning_rates_are_checked() {
-        // 0 would train nothing (only batch-norm statistics would move): refused.
-        assert!(check_lr(0.0).is_err());
-        assert!(check_lr(0.01).is_ok());
-        assert!(check_lr(-1.0).is_err());
-        assert!(check_lr(f64::NAN).is_err());
     }
 }

@@ -22,7 +22,7 @@ use harness_core::eval::evaluate;
 use harness_core::protect::masked::factors;
 use harness_core::protect::{
     Attack, AttackContext, Budget, Disclosure, DisclosureKind, Exposure, LockDisclosure, MaskHook,
-    MaskedModel, Measure, PlainModel, RegistryEntry, Requirement, Stolen, settings,
+    MaskedModel, Measure, PlainModel, RegistryEntry, Requirement, Stolen, check, settings,
 };
 use harness_core::seeded::{rank_roulette, sample_indices};
 use harness_core::zoo::activations;
@@ -144,17 +144,11 @@ pub(crate) fn attacker_ranking(
 impl EdgeProGuess {
     /// Checks the settings.
     pub fn new(config: EdgeProGuessConfig) -> Result<Self> {
-        if config.eval_images == 0 || config.rank_images == 0 {
-            return Err(Error::Config(
-                "`eval_images` and `rank_images` must be at least 1".into(),
-            ));
-        }
-        if !config.locking_value.is_finite() {
-            return Err(Error::Config(format!(
-                "`locking_value` must be finite, got {}",
-                config.locking_value
-            )));
-        }
+        check("tries", config.tries, 0..)?;
+        check("roulette_tries", config.roulette_tries, 0..)?;
+        check("eval_images", config.eval_images, 1..)?;
+        check("rank_images", config.rank_images, 1..)?;
+        check("locking_value", config.locking_value, ..)?;
         Ok(Self { config })
     }
 

@@ -15,16 +15,16 @@
 
 use std::sync::Arc;
 
+use harness_core::Result;
 use harness_core::protect::masked::factors;
 use harness_core::protect::{
     Attack, AttackContext, Budget, DisclosureKind, Exposure, MaskHook, MaskedModel, Measure,
-    RegistryEntry, Requirement, Stolen, settings,
+    RegistryEntry, Requirement, Stolen, above, check, open, settings,
 };
 use harness_core::train::{CrossEntropy, train};
-use harness_core::{Error, Result};
 use serde::Deserialize;
 
-use crate::common::{check_lr, options, recipe};
+use crate::common::{options, recipe};
 use crate::edgepro_guess::{attacker_ranking, target};
 
 /// Settings of `edgepro-prune` (`[attacks.edgepro-prune]` in a matrix file).
@@ -74,16 +74,9 @@ pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
 impl EdgeProPrune {
     /// Checks the settings.
     pub fn new(config: EdgeProPruneConfig) -> Result<Self> {
-        if !(config.rate.is_finite() && config.rate > 0.0 && config.rate < 1.0) {
-            return Err(Error::Config(format!(
-                "`rate` must satisfy 0 < rate < 1, got {}",
-                config.rate
-            )));
-        }
-        if config.rank_images == 0 {
-            return Err(Error::Config("`rank_images` must be at least 1".into()));
-        }
-        check_lr(config.lr)?;
+        check("rate", config.rate, open(0.0, 1.0))?;
+        check("lr", config.lr, above(0.0))?;
+        check("rank_images", config.rank_images, 1..)?;
         Ok(Self { config })
     }
 

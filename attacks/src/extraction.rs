@@ -13,7 +13,7 @@ use candle_core::{D, Tensor};
 use datasets::ImageSet;
 use harness_core::protect::{
     Attack, AttackContext, Budget, Exposure, Measure, PlainModel, RegistryEntry, Requirement,
-    Stolen, settings,
+    Stolen, above, check, check_opt, settings,
 };
 use harness_core::train::{CrossEntropy, Objective, train};
 use harness_core::{Arch, Error, ModelSpec, ParamStore, Result};
@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{check_lr, options, recipe};
+use crate::common::{options, recipe};
 use crate::objectives::SoftCrossEntropy;
 use harness_core::seeded::derive_seed;
 
@@ -89,6 +89,9 @@ pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
 impl Extraction {
     /// Checks the settings; an unknown substitute id answers with the closest.
     pub fn new(config: ExtractionConfig) -> Result<Self> {
+        check("width", config.width, above(0.0))?;
+        check("query_batch", config.query_batch, 1..)?;
+        check_opt("lr", config.lr, above(0.0))?;
         let arch = Arch::parse(&config.substitute)?;
         if !arch.is_classifier() {
             return Err(Error::Config(format!(
@@ -98,12 +101,6 @@ impl Extraction {
         ModelSpec::new(arch, 1)
             .with_width(config.width)
             .validate()?;
-        if config.query_batch == 0 {
-            return Err(Error::Config("`query_batch` must be at least 1".into()));
-        }
-        if let Some(lr) = config.lr {
-            check_lr(lr)?;
-        }
         Ok(Extraction { config, arch })
     }
 

@@ -13,15 +13,15 @@
 //! [`crate::objectives::FrozenBodyCrossEntropy`]), so batch-norm statistics stay as stolen too.
 
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, PlainModel, RegistryEntry, Requirement, Stolen,
-    settings,
+    Attack, AttackContext, Budget, Exposure, PlainModel, RegistryEntry, Requirement, Stolen, above,
+    check, settings,
 };
 use harness_core::train::{CrossEntropy, Objective, TrainOptions, train};
 use harness_core::{Error, ParamStore, Result};
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{check_lr, options, recipe, stolen_weights};
+use crate::common::{options, recipe, stolen_weights};
 use crate::objectives::FrozenBodyCrossEntropy;
 use harness_core::seeded::derive_seed;
 
@@ -120,7 +120,7 @@ pub fn reinitialise_head(model: &PlainModel, seed: u64) -> Result<()> {
 impl FineTune {
     /// Checks the settings.
     pub fn new(config: FineTuneConfig) -> Result<Self> {
-        check_lr(config.lr)?;
+        check("lr", config.lr, above(0.0))?;
         Ok(Self { config })
     }
 

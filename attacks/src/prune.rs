@@ -9,14 +9,15 @@
 
 use candle_core::{DType, Tensor, Var};
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, Measure, RegistryEntry, Requirement, Stolen, settings,
+    Attack, AttackContext, Budget, Exposure, Measure, RegistryEntry, Requirement, Stolen, above,
+    check, settings,
 };
 use harness_core::train::{CrossEntropy, TrainOptions, train};
-use harness_core::{Error, ParamStore, Result};
+use harness_core::{ParamStore, Result};
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{check_lr, options, recipe, stolen_weights};
+use crate::common::{options, recipe, stolen_weights};
 
 /// Settings of `prune` (`[attacks.prune]` in a matrix file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -135,13 +136,8 @@ pub fn sparsity(params: &ParamStore) -> Result<f64> {
 impl Prune {
     /// Checks the settings: 0 <= rate < 1.
     pub fn new(config: PruneConfig) -> Result<Self> {
-        if !(config.rate.is_finite() && (0.0..1.0).contains(&config.rate)) {
-            return Err(Error::Config(format!(
-                "`rate` must satisfy 0 <= rate < 1, got {}",
-                config.rate
-            )));
-        }
-        check_lr(config.lr)?;
+        check("rate", config.rate, 0.0..1.0)?;
+        check("lr", config.lr, above(0.0))?;
         Ok(Self { config })
     }
 

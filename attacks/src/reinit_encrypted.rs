@@ -16,14 +16,14 @@
 use candle_core::{DType, Tensor};
 use harness_core::protect::{
     Attack, AttackContext, Budget, Disclosure, DisclosureKind, Exposure, Measure, RegistryEntry,
-    Requirement, Stolen, settings,
+    Requirement, Stolen, above, check, check_opt, left_open, settings,
 };
 use harness_core::train::{CrossEntropy, train};
 use harness_core::{Error, ParamStore, Result};
 use serde::Deserialize;
 
 use crate::StolenModel;
-use crate::common::{check_lr, options, recipe, stolen_weights};
+use crate::common::{options, recipe, stolen_weights};
 use harness_core::seeded::derive_seed;
 
 /// How suspects are chosen.
@@ -119,14 +119,8 @@ pub fn smoothness_scores(values: &[f32], kernels: usize, kh: usize, kw: usize) -
 impl ReinitEncrypted {
     /// Checks the settings.
     pub fn new(config: ReinitConfig) -> Result<Self> {
-        check_lr(config.lr)?;
-        if let Some(f) = config.fraction
-            && !(f.is_finite() && f > 0.0 && f <= 1.0)
-        {
-            return Err(Error::Config(format!(
-                "`fraction` must satisfy 0 < fraction <= 1, got {f}"
-            )));
-        }
+        check_opt("fraction", config.fraction, left_open(0.0, 1.0))?;
+        check("lr", config.lr, above(0.0))?;
         Ok(Self { config })
     }
 

@@ -4,8 +4,8 @@
 //! public in the deployed file), else the configured one; only the spec is read, never weights.
 
 use harness_core::protect::{
-    Attack, AttackContext, Budget, Exposure, PlainModel, RegistryEntry, Requirement, Stolen,
-    settings,
+    Attack, AttackContext, Budget, Exposure, PlainModel, RegistryEntry, Requirement, Stolen, above,
+    check, settings,
 };
 use harness_core::train::{CrossEntropy, train};
 use harness_core::{Arch, Error, ModelSpec, ParamStore, Result};
@@ -56,6 +56,7 @@ pub fn build(table: &toml::Table) -> Result<Box<dyn Attack>> {
 impl Scratch {
     /// Checks the settings; an unknown architecture answers with the closest ids.
     pub fn new(config: ScratchConfig) -> Result<Self> {
+        check("width", config.width, above(0.0))?;
         let arch = Arch::parse(&config.arch)?;
         if !arch.is_classifier() {
             return Err(Error::Config(format!("`{arch}` is not a classifier")));

@@ -39,7 +39,7 @@ use harness_core::eval::evaluate;
 use harness_core::protect::{
     Capabilities, Defence, DefenceContext, Disclosure, DisclosureKind, LockDisclosure, LockedStage,
     MaskedModel, Measure, PlainModel, Protected, RegistryEntry, StolenArtifact, Theft, Victim,
-    settings,
+    above, check, check_opt, left_open, settings,
 };
 use harness_core::seeded::{derive_seed, sample_indices};
 use harness_core::train::{SgdConfig, TrainOptions, TrainReport, train};
@@ -69,7 +69,8 @@ pub struct EdgeProConfig {
     /// Stages to lock, by group (`layer1`, `block3`, `pool`: the lock points of the reference
     /// code) or by stage name (`layer1.0`); default: every group.
     pub stages: Option<Vec<String>>,
-    /// Fraction of each locked stage's neurons authorised: `floor(gamma x N) + 1` (0.1).
+    /// Fraction of each locked stage's neurons authorised: `floor(gamma x N) + 1` (0.1), in
+    /// [0, 1) (1 would ask for N + 1 of N neurons).
     pub gamma: f64,
     /// Top fraction of the activation ranking the authorised neurons are drawn from (0.3).
     pub pool_fraction: f64,
@@ -152,46 +153,17 @@ pub struct Locked {
 impl EdgePro {
     /// Checks the settings.
     pub fn new(config: EdgeProConfig) -> Result<Self> {
-        let frac = |name: &str, v: f64, lo_open: bool| {
-            let ok = v.is_finite() && v <= 1.0 && if lo_open { v > 0.0 } else { v >= 0.0 };
-            if ok {
-                Ok(())
-            } else {
-                Err(Error::Config(format!(
-                    "`{name}` must be in {}0, 1], got {v}",
-                    if lo_open { "(" } else { "[" }
-                )))
-            }
-        };
-        frac("gamma", config.gamma, false)?;
-        frac("pool_fraction", config.pool_fraction, true)?;
-        for (name, v) in [
-            ("locking_value", config.locking_value),
-            ("scale", config.scale),
-        ] {
-            if !v.is_finite() {
-                return Err(Error::Config(format!("`{name}` must be finite, got {v}")));
-            }
-        }
-        if !(config.lr.is_finite() && config.lr > 0.0) {
-            return Err(Error::Config(format!(
-                "`lr` must be a positive number (0 would train no lock), got {}",
-                config.lr
-            )));
-        }
-        if config.epochs == Some(0) {
-            return Err(Error::Config(
-                "`epochs` must be at least 1 (leave it out for the victim's)".into(),
-            ));
-        }
-        if config.rank_images == 0 || config.eval_images == 0 {
-            return Err(Error::Config(
-                "`rank_images` and `eval_images` must be at least 1".into(),
-            ));
-        }
-        if config.batch_size == Some(0) {
-            return Err(Error::Config("`batch_size` must be at least 1".into()));
-        }
+        // gamma = 1 would authorise floor(N) + 1 > N neurons of every stage.
+        check("gamma", config.gamma, 0.0..1.0)?;
+        check("pool_fraction", config.pool_fraction, left_open(0.0, 1.0))?;
+        check("locking_value", config.locking_value, ..)?;
+        check("scale", config.scale, ..)?;
+        check("rank_images", config.rank_images, 1..)?;
+        check_opt("epochs", config.epochs, 1..)?;
+        check("lr", config.lr, above(0.0))?;
+        check_opt("batch_size", config.batch_size, 1..)?;
+        check("eval_images", config.eval_images, 1..)?;
+        check("latency_runs", config.latency_runs, 0..)?;
         if matches!(&config.stages, Some(s) if s.is_empty()) {
             return Err(Error::Config(
                 "`stages` is empty: lock at least one stage, or leave it out to lock all".into(),

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key as AeadKey, Nonce};
+use harness_core::protect::{check, left_open};
 use harness_core::sealed::{self, SealError};
 use harness_core::{Error, Result};
 use rand::SeedableRng;
@@ -57,19 +58,8 @@ pub struct Plan {
 impl Plan {
     /// Checks ratio and levels.
     pub fn validate(&self) -> Result<()> {
-        if !(self.ratio.is_finite() && self.ratio > 0.0 && self.ratio <= 1.0) {
-            return Err(Error::Config(format!(
-                "`ratio` must satisfy 0 < ratio <= 1, got {}",
-                self.ratio
-            )));
-        }
-        if self.levels == 0 || self.levels > MAX_LEVELS {
-            return Err(Error::Config(format!(
-                "`levels` must be between 1 and {MAX_LEVELS}, got {}",
-                self.levels
-            )));
-        }
-        Ok(())
+        check("ratio", self.ratio, left_open(0.0, 1.0))?;
+        check("levels", self.levels, 1..=MAX_LEVELS)
     }
 }
 

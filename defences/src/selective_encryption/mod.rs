@@ -27,7 +27,7 @@ use std::time::Instant;
 use harness_core::protect::{
     Capabilities, Defence, DefenceContext, Disclosure, DisclosureKind, EncryptedLayer,
     EncryptionDisclosure, Measure, PlainModel, Protected, RegistryEntry, StolenArtifact, Theft,
-    Victim, settings,
+    Victim, above, check, settings,
 };
 use harness_core::{Error, ModelSpec, ParamStore, Result, Task};
 use rand::SeedableRng;
@@ -122,22 +122,15 @@ pub fn build(table: &toml::Table) -> Result<Box<dyn Defence>> {
 }
 
 impl SelectiveEncryption {
-    /// Checks the settings.
+    /// Checks the settings; the `pss_*` ones whatever the ranking, so a bad value is caught
+    /// before it matters.
     pub fn new(config: SelectiveEncryptionConfig) -> Result<Self> {
-        config.plan().validate()?;
+        config.plan().validate()?; // `ratio` and `levels`
+        check("pss_epochs", config.pss_epochs, 1..)?;
+        check("pss_images", config.pss_images, 0..)?; // 0 = all
+        check("pss_batch_size", config.pss_batch_size, 1..)?;
+        check("pss_lr", config.pss_lr, above(0.0))?;
         if config.ranking == Ranking::Pss {
-            if config.pss_epochs == 0 {
-                return Err(Error::Config("`pss_epochs` must be at least 1".into()));
-            }
-            if config.pss_batch_size == 0 {
-                return Err(Error::Config("`pss_batch_size` must be at least 1".into()));
-            }
-            if !(config.pss_lr.is_finite() && config.pss_lr > 0.0) {
-                return Err(Error::Config(format!(
-                    "`pss_lr` must be a positive number, got {}",
-                    config.pss_lr
-                )));
-            }
             config.pss().validate()?;
         }
         Ok(Self { config })

@@ -200,7 +200,7 @@ fn meaningless_settings_are_usage_errors_naming_the_key_before_training() {
         (
             format!("{MATRIX}lr = -1.0\n"),
             vec![],
-            "attacks.ftll: settings of attack `fine-tune`: `lr` must be a positive number",
+            "attacks.ftll: settings of attack `fine-tune`: `lr` must be in (0, inf), got -1",
         ),
         (
             format!("{MATRIX}defences = []\n"),

@@ -1037,10 +1037,7 @@ mod tests {
         );
         let err = usage_error(&m, &d, &a);
         assert!(err.contains("defences.se: "), "{err}");
-        assert!(
-            err.contains("`ratio` must satisfy 0 < ratio <= 1, got 0"),
-            "{err}"
-        );
+        assert!(err.contains("`ratio` must be in (0, 1], got 0"), "{err}");
         let m = matrix_with(
             "\"none\"",
             "\"scratch\", \"ft\"",
@@ -1048,7 +1045,7 @@ mod tests {
         );
         let err = usage_error(&m, &d, &a);
         assert!(err.contains("attacks.ft: "), "{err}");
-        assert!(err.contains("`lr` must be a positive number"), "{err}");
+        assert!(err.contains("`lr` must be in (0, inf), got -0.5"), "{err}");
         // A profile's override is named too.
         let m = matrix_with(
             "\"none\", \"se\"",
@@ -1063,6 +1060,6 @@ mod tests {
             err.contains("defences.se (with profiles.tiny.defences.se): "),
             "{err}"
         );
-        assert!(err.contains("`levels` must be between 1"), "{err}");
+        assert!(err.contains("`levels` must be in [1, 32], got 0"), "{err}");
     }
 }

@@ -9,9 +9,17 @@
 //! declaration against what `protect` returned. Pieces both sides need (channel masks on
 //! stages, activation ranking, seeded sampling) live in the core, so attacks never import
 //! defences.
+//!
+//! A component's settings struct derives `Deserialize` with `deny_unknown_fields, default` and
+//! is read with [`settings`]; its constructor then checks every numeric field with one line of
+//! [`check`] (or [`check_opt`] for an `Option`), naming the key and its range:
+//! `check("lr", config.lr, above(0.0))?`. The registry builds components when the matrix is
+//! planned, so an out-of-range value is a usage error (exit 2) naming the table, the key and
+//! the range, before anything runs.
 
 mod attack;
 mod capabilities;
+mod check;
 mod defence;
 mod deployed;
 mod disclosure;
@@ -23,6 +31,7 @@ mod verifier;
 
 pub use attack::{Attack, AttackContext, Budget, Stolen};
 pub use capabilities::Capabilities;
+pub use check::{Setting, above, check, check_opt, describe, left_open, open, setting_keys};
 pub use defence::{Defence, DefenceContext, Protected, Victim};
 pub use deployed::{Deployed, PlainModel};
 pub use disclosure::{
