@@ -1,5 +1,5 @@
-//! Parameters: the named variables of one model, their deterministic initialisation, and their
-//! PyTorch-compatible safetensors files.
+//! Parameters: the named tensors of one model, their kinds, their deterministic initialisation,
+//! and their PyTorch-compatible safetensors files.
 //!
 //! A [`ParamStore`] owns every tensor of a model under its PyTorch state-dict name. Models are
 //! built through [`ParamStore::var_builder`]; a variable the model asks for and the store lacks is
@@ -9,8 +9,14 @@
 //! the variable's dtype; the uniform draws the zoo uses (PyTorch's default initialisation, see
 //! [`crate::nn`]) need no transcendental function, so they are identical on every platform too.
 //!
-//! Names ending in `running_mean`, `running_var` or `num_batches_tracked` are buffers
-//! (non-trainable state, as in PyTorch); everything else is trainable.
+//! Every tensor has a [`ParamKind`], recorded in the store when the tensor is created and changed
+//! only on request: trainable parameters, buffers (non-trainable state), quantisation state, and
+//! int8 ([`int8`]) weights. A tensor the builder creates gets its kind from its name, as in
+//! PyTorch: names ending in `running_mean`, `running_var` or `num_batches_tracked` are buffers,
+//! everything else is trainable ([`ParamKind::for_name`]). Protection schemes and attacks that
+//! add state or quantise weights say so explicitly ([`ParamStore::insert`],
+//! [`ParamStore::set_kind`], [`ParamStore::quantize`]), and a party holding part of a model keeps
+//! the tensors it holds ([`ParamStore::retain`]).
 //!
 //! Loading refuses values no trained model can hold, naming the tensor and the file: NaN or
 //! infinite values (a diverged run or a corrupt file would otherwise evaluate to "accuracy 0,
@@ -21,21 +27,26 @@
 //! linear out x in), f32 values, and `num_batches_tracked` as an i64 scalar of shape `[]`, as
 //! `safetensors.torch.save_file(model.state_dict())` writes them; a PyTorch module of the same
 //! architecture (ci/torch/models.py) loads them with a strict `load_state_dict`, and the other way
-//! round.
+//! round. int8 tensors are stored as I8 values with their scales and zero points beside them
+//! (`<name>.scale`, `<name>.zero_point`, `<name>.axis`; the convention is in [`safetensors_io`]).
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use candle_core::{DType, Device, Shape, Tensor, Var, bail};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
-use safetensors::{Dtype, SafeTensors, View};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+pub mod int8;
+pub mod safetensors_io;
+mod seeded;
+
+use seeded::SeededBackend;
+
+pub use int8::{QuantizedTensor, quantize_per_channel, quantize_per_tensor};
+pub use safetensors_io::check_values;
 
 /// Suffixes of the non-trainable tensors (batch-norm state).
 const BUFFER_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
@@ -43,8 +54,12 @@ const BUFFER_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_
 /// How many unknown names an [`Error::UnexpectedTensors`] lists.
 const MAX_LISTED: usize = 8;
 
+/// What files keep beside an int8 tensor `<name>`, as `<name>.<suffix>` (see [`safetensors_io`]):
+/// its scales, zero points and (when not 0) channel axis.
+const INT8_SUFFIXES: [&str; 3] = ["scale", "zero_point", "axis"];
+
 /// Whether `name` is a buffer (batch-norm running statistics or batch counter) rather than a
-/// trainable parameter.
+/// trainable parameter, by its name alone: the kind the builder gives a tensor it creates.
 pub fn is_buffer(name: &str) -> bool {
     let last = name.rsplit('.').next().unwrap_or(name);
     BUFFER_SUFFIXES.contains(&last)
@@ -54,18 +69,73 @@ fn is_counter(name: &str) -> bool {
     name == "num_batches_tracked" || name.ends_with(".num_batches_tracked")
 }
 
+/// What a stored tensor is, recorded per tensor so that optimisers, protections and attacks ask
+/// the store instead of guessing from names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    /// A floating-point parameter an optimiser updates ([`ParamStore::trainable`]).
+    Trainable,
+    /// Non-trainable model state such as batch-norm running statistics and batch counters
+    /// ([`ParamStore::buffers`]).
+    Buffer,
+    /// Quantisation state: scales and zero points of activations, observer statistics. Saved
+    /// and loaded as f32, neither trained nor counted as a parameter.
+    QuantState,
+    /// An int8 weight ([`QuantizedTensor`]); read it with [`ParamStore::quantized`].
+    Quantized,
+}
+
+impl ParamKind {
+    /// The kind a tensor created by [`ParamStore::var_builder`] gets from its name: a buffer if
+    /// [`is_buffer`], trainable otherwise (PyTorch's split of a state dict).
+    pub fn for_name(name: &str) -> Self {
+        if is_buffer(name) {
+            ParamKind::Buffer
+        } else {
+            ParamKind::Trainable
+        }
+    }
+}
+
+/// One stored tensor.
+#[derive(Clone)]
+struct Entry {
+    kind: ParamKind,
+    /// The values models compute with: the tensor itself, or for an int8 tensor its dequantised
+    /// values (updated in place, so a model built on the store runs what the store holds).
+    var: Var,
+    /// The int8 form; `Some` exactly when `kind` is [`ParamKind::Quantized`].
+    int8: Option<QuantizedTensor>,
+}
+
+impl Entry {
+    fn new(var: Var, kind: ParamKind) -> Self {
+        Self {
+            kind,
+            var,
+            int8: None,
+        }
+    }
+}
+
 struct Inner {
     seed: u64,
     device: Device,
-    vars: Mutex<BTreeMap<String, Var>>,
+    entries: Mutex<BTreeMap<String, Entry>>,
 }
 
-/// The named variables of one model (trainable parameters and buffers), with seeded
-/// initialisation and strict PyTorch-compatible load and save.
+/// The named tensors of one model (trainable parameters, buffers, quantisation state, int8
+/// weights), with seeded initialisation and strict PyTorch-compatible load and save.
 ///
-/// Cloning gives another handle to the same variables (training and evaluation can share one
+/// Cloning gives another handle to the same tensors (training and evaluation can share one
 /// model); [`ParamStore::deep_copy`] makes independent ones. A store holds one model:
 /// [`crate::zoo::build`] refuses to build a different model on a store that already holds one.
+///
+/// An int8 tensor keeps its dequantised values beside its int8 form: models built on the store
+/// (before or after it was quantised or loaded) compute with them, so a quantised store runs
+/// the dequantised model. Quantise after training: an optimiser holding the variable from an
+/// earlier [`ParamStore::trainable`] would move the dequantised values away from the int8 ones.
 #[derive(Clone)]
 pub struct ParamStore {
     inner: Arc<Inner>,
@@ -81,6 +151,14 @@ impl std::fmt::Debug for ParamStore {
     }
 }
 
+/// A [`Error::Param`] about tensor `name`.
+fn param_error(name: &str, problem: impl Into<String>) -> Error {
+    Error::Param {
+        name: name.to_string(),
+        problem: problem.into(),
+    }
+}
+
 impl ParamStore {
     /// An empty store whose missing variables will be initialised from `seed` on `device`.
     pub fn new(seed: u64, device: &Device) -> Self {
@@ -88,7 +166,7 @@ impl ParamStore {
             inner: Arc::new(Inner {
                 seed,
                 device: device.clone(),
-                vars: Mutex::new(BTreeMap::new()),
+                entries: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -103,18 +181,19 @@ impl ParamStore {
         &self.inner.device
     }
 
-    fn vars(&self) -> MutexGuard<'_, BTreeMap<String, Var>> {
+    fn entries(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         // A panic elsewhere while holding the lock cannot leave the map half-written (every
-        // mutation is a single insert), so a poisoned lock is still usable.
+        // mutation is a single insert, remove or field write), so a poisoned lock is still usable.
         self.inner
-            .vars
+            .entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// An f32 builder on the store's device that returns the stored variable for a name and
-    /// creates (seeded) the ones that are missing. Models built through it share the store's
-    /// variables: training updates them, [`ParamStore::load`] overwrites them in place.
+    /// creates (seeded) the ones that are missing, with the kind their name gives
+    /// ([`ParamKind::for_name`]). Models built through it share the store's variables: training
+    /// updates them, [`ParamStore::load`] overwrites them in place.
     pub fn var_builder(&self) -> VarBuilder<'static> {
         self.builder(None)
     }
@@ -136,51 +215,274 @@ impl ParamStore {
         VarBuilder::from_backend(Box::new(backend), DType::F32, self.inner.device.clone())
     }
 
-    /// Trainable variables (everything but buffers), sorted by name: what an optimiser updates.
+    /// The tensors of one kind with their variables, sorted by name.
+    fn vars_of(&self, kind: ParamKind) -> Vec<(String, Var)> {
+        self.entries()
+            .iter()
+            .filter(|(_, e)| e.kind == kind)
+            .map(|(name, e)| (name.clone(), e.var.clone()))
+            .collect()
+    }
+
+    /// The [`ParamKind::Trainable`] variables, sorted by name: what an optimiser updates.
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.vars()
-            .iter()
-            .filter(|(name, _)| !is_buffer(name))
-            .map(|(name, var)| (name.clone(), var.clone()))
-            .collect()
+        self.vars_of(ParamKind::Trainable)
     }
 
-    /// The non-trainable state (batch-norm running statistics and batch counters), sorted by
-    /// name. The tensors share storage with the store: they show later in-place updates.
+    /// The [`ParamKind::Buffer`] tensors (batch-norm running statistics and batch counters),
+    /// sorted by name. The tensors share storage with the store: they show later in-place updates.
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
-        self.vars()
-            .iter()
-            .filter(|(name, _)| is_buffer(name))
-            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        self.vars_of(ParamKind::Buffer)
+            .into_iter()
+            .map(|(name, var)| (name, var.as_tensor().clone()))
             .collect()
     }
 
-    /// Every tensor name (parameters and buffers), sorted.
+    /// Every tensor name (all kinds), sorted.
     pub fn names(&self) -> Vec<String> {
-        self.vars().keys().cloned().collect()
+        self.entries().keys().cloned().collect()
     }
 
-    /// The variable called `name`, to read or overwrite (`Var::set`) one tensor.
+    /// The recorded kind of tensor `name`, or `None` if the store has no such tensor.
+    pub fn kind(&self, name: &str) -> Option<ParamKind> {
+        self.entries().get(name).map(|e| e.kind)
+    }
+
+    /// The names of the tensors of kind `kind`, sorted: e.g. the int8 weights to ship, or the
+    /// buffers a protection leaves in the clear.
+    pub fn names_of(&self, kind: ParamKind) -> Vec<String> {
+        self.entries()
+            .iter()
+            .filter(|(_, e)| e.kind == kind)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Records that tensor `name` is of kind `kind` (a weight a defence freezes becomes a
+    /// buffer, a scale it adds is quantisation state). Refused, with an [`Error::Param`] naming
+    /// the tensor: an unknown name, integer values made trainable, and any change to or from
+    /// [`ParamKind::Quantized`] (use [`ParamStore::quantize`] to quantise, and
+    /// [`ParamStore::insert`] with the dequantised values to make an int8 tensor f32 again).
+    pub fn set_kind(&self, name: &str, kind: ParamKind) -> Result<()> {
+        let mut entries = self.entries();
+        let Some(entry) = entries.get_mut(name) else {
+            return Err(param_error(name, "is not in the store"));
+        };
+        if entry.kind == kind {
+            return Ok(());
+        }
+        if kind == ParamKind::Quantized {
+            return Err(param_error(
+                name,
+                "cannot become int8 by a change of kind; quantise it with `ParamStore::quantize`",
+            ));
+        }
+        if entry.kind == ParamKind::Quantized {
+            return Err(param_error(
+                name,
+                "is int8; insert its dequantised values with `ParamStore::insert` to make it f32",
+            ));
+        }
+        if kind == ParamKind::Trainable && !entry.var.dtype().is_float() {
+            return Err(param_error(
+                name,
+                format!(
+                    "holds {:?} values, which cannot be trained; only floating-point tensors are \
+                     trainable",
+                    entry.var.dtype()
+                ),
+            ));
+        }
+        entry.kind = kind;
+        Ok(())
+    }
+
+    /// Stores `tensor` (copied to the store's device) under `name` with kind `kind`: state a
+    /// protection adds, or new values for an existing tensor (overwritten in place, so models
+    /// built on the store see them; an int8 tensor becomes f32 again). Refused, with an
+    /// [`Error::Param`] naming the tensor: an existing tensor of another shape or dtype, kind
+    /// [`ParamKind::Quantized`] (use [`ParamStore::insert_quantized`]), integer values made
+    /// trainable, and a name that a stored int8 tensor's `.scale` or `.zero_point` takes in files.
+    pub fn insert(&self, name: &str, tensor: &Tensor, kind: ParamKind) -> Result<()> {
+        if kind == ParamKind::Quantized {
+            return Err(param_error(
+                name,
+                "an f32 tensor cannot be inserted as int8; use `ParamStore::insert_quantized` or \
+                 `ParamStore::quantize`",
+            ));
+        }
+        if kind == ParamKind::Trainable && !tensor.dtype().is_float() {
+            return Err(param_error(
+                name,
+                format!(
+                    "holds {:?} values, which cannot be trained; insert it as a buffer",
+                    tensor.dtype()
+                ),
+            ));
+        }
+        let t = tensor.to_device(&self.inner.device)?;
+        let mut entries = self.entries();
+        check_file_names(&entries, name)?;
+        match entries.get_mut(name) {
+            Some(entry) => {
+                let var = &entry.var;
+                if var.dims() != t.dims() || var.dtype() != t.dtype() {
+                    return Err(param_error(
+                        name,
+                        format!(
+                            "exists with shape {:?} and dtype {:?}; the new tensor has shape {:?} \
+                             and dtype {:?} (drop it with `ParamStore::retain` first to replace it)",
+                            var.dims(),
+                            var.dtype(),
+                            t.dims(),
+                            t.dtype()
+                        ),
+                    ));
+                }
+                var.set(&t)?;
+                entry.kind = kind;
+                entry.int8 = None;
+            }
+            None => {
+                // `detach` drops any variable flag, so `from_tensor` copies: the store never
+                // shares storage with the caller's tensor.
+                let var = Var::from_tensor(&t.detach())?;
+                entries.insert(name.to_string(), Entry::new(var, kind));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the int8 tensor `q` under `name` ([`ParamKind::Quantized`]), replacing the values
+    /// of an existing floating-point tensor of the same shape (models built on the store then
+    /// compute with the dequantised values). Refused, with an [`Error::Param`] naming the tensor:
+    /// an inconsistent `q` ([`QuantizedTensor::validate`]), an existing tensor of another shape
+    /// or of integers, and a name whose `.scale` or `.zero_point` is a stored tensor.
+    pub fn insert_quantized(&self, name: &str, q: QuantizedTensor) -> Result<()> {
+        if let Some(problem) = q.validate() {
+            return Err(param_error(
+                name,
+                format!("is an inconsistent int8 tensor: {problem}"),
+            ));
+        }
+        let mut entries = self.entries();
+        self.put_int8(&mut entries, name, q)
+    }
+
+    /// Quantises the trainable f32 tensor `name` to int8 in place: per channel along `axis`
+    /// (0 for the output channels of a convolution or linear weight) or, with `None`, per
+    /// tensor, symmetrically as [`int8`] describes. Its kind becomes [`ParamKind::Quantized`],
+    /// and models built on the store compute with the dequantised values from then on. Refused,
+    /// with an [`Error::Param`] naming the tensor: an unknown name, a tensor that is not
+    /// trainable, a non-finite value, an axis out of range.
+    pub fn quantize(&self, name: &str, axis: Option<usize>) -> Result<()> {
+        let mut entries = self.entries();
+        let Some(entry) = entries.get(name) else {
+            return Err(param_error(name, "is not in the store"));
+        };
+        if entry.kind != ParamKind::Trainable {
+            return Err(param_error(
+                name,
+                format!(
+                    "is {:?}; only trainable floating-point tensors are quantised",
+                    entry.kind
+                ),
+            ));
+        }
+        let q = int8::quantize(entry.var.as_tensor(), axis)
+            .map_err(|problem| param_error(name, format!("cannot quantise: {problem}")))?;
+        self.put_int8(&mut entries, name, q)
+    }
+
+    /// Stores a valid int8 tensor under `name`, over an existing float tensor of its shape.
+    fn put_int8(
+        &self,
+        entries: &mut BTreeMap<String, Entry>,
+        name: &str,
+        q: QuantizedTensor,
+    ) -> Result<()> {
+        check_file_names(entries, name)?;
+        for suffix in INT8_SUFFIXES {
+            if entries.contains_key(&format!("{name}.{suffix}")) {
+                return Err(param_error(
+                    name,
+                    format!(
+                        "cannot be int8 while the store holds `{name}.{suffix}`: files keep an \
+                         int8 tensor's {suffix} under that name"
+                    ),
+                ));
+            }
+        }
+        let deq = q.dequantize()?.to_device(&self.inner.device)?;
+        match entries.get_mut(name) {
+            Some(entry) => {
+                let var = &entry.var;
+                if var.dims() != q.shape.as_slice() || !var.dtype().is_float() {
+                    return Err(param_error(
+                        name,
+                        format!(
+                            "exists with shape {:?} and dtype {:?}; the int8 tensor has shape \
+                             {:?} and replaces floating-point tensors only",
+                            var.dims(),
+                            var.dtype(),
+                            q.shape
+                        ),
+                    ));
+                }
+                var.set(&deq.to_dtype(var.dtype())?)?;
+                entry.kind = ParamKind::Quantized;
+                entry.int8 = Some(q);
+            }
+            None => {
+                let mut entry = Entry::new(Var::from_tensor(&deq)?, ParamKind::Quantized);
+                entry.int8 = Some(q);
+                entries.insert(name.to_string(), entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// The int8 form of tensor `name` (a copy), or `None` if it is not [`ParamKind::Quantized`].
+    pub fn quantized(&self, name: &str) -> Option<QuantizedTensor> {
+        self.entries().get(name).and_then(|e| e.int8.clone())
+    }
+
+    /// Keeps the tensors for which `keep(name, kind)` is true and drops the others: a partial
+    /// store holding some stages of a model (see [`crate::zoo::partial`]), or a store without
+    /// the state a protection added. Models built before keep the tensors they hold.
+    pub fn retain(&self, mut keep: impl FnMut(&str, ParamKind) -> bool) {
+        self.entries().retain(|name, e| keep(name, e.kind));
+    }
+
+    /// The floating-point (or integer) variable called `name`, to read or overwrite (`Var::set`)
+    /// one tensor. `None` for an unknown name and for an int8 tensor, whose variable holds
+    /// derived (dequantised) values that writing would desynchronise: read those with
+    /// [`ParamStore::quantized`].
     pub fn get(&self, name: &str) -> Option<Var> {
-        self.vars().get(name).cloned()
+        self.entries()
+            .get(name)
+            .filter(|e| e.int8.is_none())
+            .map(|e| e.var.clone())
     }
 
-    /// Number of tensors (parameters and buffers).
+    /// Number of tensors (all kinds).
     pub fn len(&self) -> usize {
-        self.vars().len()
+        self.entries().len()
     }
 
     /// Whether no model has been built on this store yet.
     pub fn is_empty(&self) -> bool {
-        self.vars().is_empty()
+        self.entries().is_empty()
     }
 
-    /// Number of trainable scalars, as PyTorch's `sum(p.numel() for p in model.parameters())`.
+    /// Number of model parameters, as PyTorch's `sum(p.numel() for p in model.parameters())`:
+    /// the scalars of the trainable and int8 tensors (a quantised weight is still a weight), not
+    /// buffers or quantisation state.
     pub fn num_parameters(&self) -> usize {
-        self.vars()
-            .iter()
-            .filter(|(name, _)| !is_buffer(name))
-            .map(|(_, var)| var.elem_count())
+        self.entries()
+            .values()
+            .filter(|e| matches!(e.kind, ParamKind::Trainable | ParamKind::Quantized))
+            .map(|e| e.var.elem_count())
             .sum()
     }
 
@@ -188,9 +490,9 @@ impl ParamStore {
     /// the trainer's once-per-epoch divergence check, run on the tensors' device (one small
     /// reduction and one scalar read per tensor, no copy of the weights to the host).
     pub fn first_non_finite(&self) -> Result<Option<String>> {
-        let vars = self.vars();
-        for (name, var) in vars.iter() {
-            let t = var.as_tensor();
+        let entries = self.entries();
+        for (name, entry) in entries.iter() {
+            let t = entry.var.as_tensor();
             if !t.dtype().is_float() {
                 continue;
             }
@@ -210,435 +512,49 @@ impl ParamStore {
 
     /// Removes every variable (used when a build fails half-way on a fresh store).
     pub(crate) fn clear(&self) {
-        self.vars().clear();
+        self.entries().clear();
     }
 
-    /// An independent store with copies of every variable, on the same device and with the same
-    /// seed: a victim's weights that a defence or attack may change without touching the original.
+    /// An independent store with copies of every tensor (kinds and int8 forms included), on the
+    /// same device and with the same seed: a victim's weights that a defence or attack may change
+    /// without touching the original.
     pub fn deep_copy(&self) -> Result<ParamStore> {
         let copy = ParamStore::new(self.inner.seed, &self.inner.device);
         {
-            let src = self.vars();
-            let mut dst = copy.vars();
-            for (name, var) in src.iter() {
-                let t = var.as_tensor().copy()?;
-                dst.insert(name.clone(), Var::from_tensor(&t)?);
+            let src = self.entries();
+            let mut dst = copy.entries();
+            for (name, entry) in src.iter() {
+                let t = entry.var.as_tensor().copy()?;
+                let mut e = Entry::new(Var::from_tensor(&t)?, entry.kind);
+                e.int8 = entry.int8.clone();
+                dst.insert(name.clone(), e);
             }
         }
         Ok(copy)
     }
-
-    /// The safetensors file content of [`ParamStore::save`]: deterministic bytes for the same
-    /// values, usable as a hash of the weights.
-    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let vars = self.vars();
-        let mut views = Vec::with_capacity(vars.len());
-        for (name, var) in vars.iter() {
-            views.push((name.clone(), RawTensor::from_tensor(var.as_tensor())?));
-        }
-        drop(vars);
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::BadFile {
-            // In memory: no file to name (`save` adds its own).
-            path: PathBuf::new(),
-            message: format!("cannot serialise the parameters: {e}"),
-        })
-    }
-
-    /// Writes every tensor to `path` as safetensors (see the module docs for the format). The
-    /// write is atomic: a temporary file in the same folder, synced, then renamed over `path`.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_safetensors_bytes().map_err(|e| e.in_file(path))?;
-        crate::atomic_file::write_atomically(path, &bytes)
-    }
-
-    /// Overwrites every variable with the tensor of the same name in the safetensors file at
-    /// `path`, strictly as PyTorch's `load_state_dict`: every tensor of the model must be there
-    /// with the right shape, and the file must have no others. f16, bf16 and f64 values are
-    /// converted; `num_batches_tracked` may be absent (it is then reset to 0, as PyTorch does).
-    /// Non-finite values and impossible buffers are refused (see the module docs) with a
-    /// [`Error::BadFile`] naming the tensor. Nothing changes unless the whole file is valid.
-    /// Build the model first.
-    pub fn load(&self, path: &Path) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        self.load_from_bytes(&bytes, path)
-    }
-
-    /// [`ParamStore::load`] from file content held in memory; `origin` names it in errors.
-    pub fn load_from_bytes(&self, bytes: &[u8], origin: &Path) -> Result<()> {
-        let bad = |message: String| Error::BadFile {
-            path: origin.to_path_buf(),
-            message,
-        };
-        let file = SafeTensors::deserialize(bytes)
-            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let vars = self.vars();
-        if vars.is_empty() {
-            return Err(Error::Config(format!(
-                "cannot load {}: no model has been built on this parameter store yet",
-                origin.display()
-            )));
-        }
-        let mut updates = Vec::with_capacity(vars.len());
-        for (name, var) in vars.iter() {
-            let view = match file.tensor(name) {
-                Ok(view) => view,
-                Err(_) if is_counter(name) => {
-                    updates.push((var, Tensor::zeros(var.shape(), var.dtype(), var.device())?));
-                    continue;
-                }
-                Err(_) => {
-                    return Err(Error::MissingTensor {
-                        path: origin.to_path_buf(),
-                        name: name.clone(),
-                    });
-                }
-            };
-            let expected = var.dims();
-            let found = view.shape();
-            let integer = !var.dtype().is_float();
-            let shape_ok = found == expected
-                || (integer
-                    && found.iter().product::<usize>() == expected.iter().product::<usize>());
-            if !shape_ok {
-                return Err(Error::ShapeMismatch {
-                    path: origin.to_path_buf(),
-                    name: name.clone(),
-                    expected: expected.to_vec(),
-                    found: found.to_vec(),
-                });
-            }
-            let dtype = match (view.dtype(), integer) {
-                (Dtype::F32, false) => DType::F32,
-                (Dtype::F16, false) => DType::F16,
-                (Dtype::BF16, false) => DType::BF16,
-                (Dtype::F64, false) => DType::F64,
-                (Dtype::I64, true) => DType::I64,
-                (Dtype::I32, true) => DType::I32,
-                (other, false) => {
-                    return Err(bad(format!(
-                        "tensor `{name}` has dtype {other:?}; expected F32, F16, BF16 or F64"
-                    )));
-                }
-                (other, true) => {
-                    return Err(bad(format!(
-                        "tensor `{name}` has dtype {other:?}; expected I64"
-                    )));
-                }
-            };
-            if let Some(problem) = value_problem(name, view.dtype(), view.data()) {
-                return Err(bad(problem));
-            }
-            let t = Tensor::from_raw_buffer(view.data(), dtype, found, &Device::Cpu)?
-                .to_dtype(var.dtype())?
-                .reshape(expected)?
-                .to_device(var.device())?;
-            updates.push((var, t));
-        }
-        let unexpected: Vec<String> = file
-            .names()
-            .into_iter()
-            .filter(|n| !vars.contains_key(*n))
-            .map(str::to_string)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .take(MAX_LISTED)
-            .collect();
-        if !unexpected.is_empty() {
-            return Err(Error::UnexpectedTensors {
-                path: origin.to_path_buf(),
-                names: unexpected,
-            });
-        }
-        for (var, t) in updates {
-            var.set(&t)?;
-        }
-        Ok(())
-    }
 }
 
-/// Checks every tensor of a safetensors file for values no trained model can hold (NaN or
-/// infinite values, a negative batch-norm running variance or batch counter), without building
-/// a model: for callers that want to refuse a broken file before expensive work. `origin` names
-/// the file in errors; [`ParamStore::load`] makes the same checks.
-pub fn check_values(bytes: &[u8], origin: &Path) -> Result<()> {
-    let file = SafeTensors::deserialize(bytes).map_err(|e| Error::BadFile {
-        path: origin.to_path_buf(),
-        message: format!("not a valid safetensors file ({e})"),
-    })?;
-    let mut tensors = file.tensors();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, view) in tensors {
-        if let Some(problem) = value_problem(&name, view.dtype(), view.data()) {
-            return Err(Error::BadFile {
-                path: origin.to_path_buf(),
-                message: problem,
-            });
+/// Refuses `name` if files keep a stored int8 tensor's scale or zero point under it.
+fn check_file_names(entries: &BTreeMap<String, Entry>, name: &str) -> Result<()> {
+    for suffix in INT8_SUFFIXES {
+        if let Some(base) = name.strip_suffix(suffix).and_then(|b| b.strip_suffix('.'))
+            && entries.get(base).is_some_and(|e| e.int8.is_some())
+        {
+            return Err(param_error(
+                name,
+                format!(
+                    "is where files keep the {suffix} of the int8 tensor `{base}`; use another name"
+                ),
+            ));
         }
     }
     Ok(())
 }
 
-/// What makes the stored values of tensor `name` impossible for a trained model, if anything:
-/// a NaN or infinite value anywhere, a negative value in a batch-norm running variance or batch
-/// counter. `data` is the little-endian content of a `dtype` tensor as safetensors stores it;
-/// other dtypes than floats and integers pass.
-fn value_problem(name: &str, dtype: Dtype, data: &[u8]) -> Option<String> {
-    let last = name.rsplit('.').next().unwrap_or(name);
-    let must_be_non_negative = matches!(last, "running_var" | "num_batches_tracked");
-    let values: Box<dyn Iterator<Item = f64> + '_> = match dtype {
-        Dtype::F32 => Box::new(
-            data.chunks_exact(4)
-                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        ),
-        Dtype::F64 => Box::new(data.chunks_exact(8).map(|c| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            f64::from_le_bytes(b)
-        })),
-        Dtype::F16 => Box::new(
-            data.chunks_exact(2)
-                .map(|c| f64::from(f16_to_f32(u16::from_le_bytes([c[0], c[1]])))),
-        ),
-        Dtype::BF16 => Box::new(data.chunks_exact(2).map(|c| {
-            f64::from(f32::from_bits(
-                u32::from(u16::from_le_bytes([c[0], c[1]])) << 16,
-            ))
-        })),
-        Dtype::I64 if must_be_non_negative => Box::new(data.chunks_exact(8).map(|c| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            i64::from_le_bytes(b) as f64
-        })),
-        Dtype::I32 if must_be_non_negative => Box::new(
-            data.chunks_exact(4)
-                .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        ),
-        _ => return None,
-    };
-    let (mut non_finite, mut negative, mut total) = (0usize, 0usize, 0usize);
-    let (mut first_non_finite, mut first_negative) = (None, None);
-    for (i, v) in values.enumerate() {
-        total += 1;
-        if !v.is_finite() {
-            non_finite += 1;
-            first_non_finite.get_or_insert((i, v));
-        } else if must_be_non_negative && v < 0.0 {
-            negative += 1;
-            first_negative.get_or_insert((i, v));
-        }
-    }
-    if let Some((i, v)) = first_non_finite {
-        return Some(format!(
-            "tensor `{name}` holds {non_finite} non-finite value{} of {total} (the first, at index \
-             {i}, is {v}); the file is corrupt or was saved from a diverged training run",
-            if non_finite == 1 { "" } else { "s" }
-        ));
-    }
-    let (i, v) = first_negative?;
-    let what = if last == "running_var" {
-        "a batch-norm running variance cannot be negative"
-    } else {
-        "a batch counter cannot be negative"
-    };
-    Some(format!(
-        "tensor `{name}` holds {negative} negative value{} of {total} (the first, at index {i}, \
-         is {v}): {what}; the file is corrupt or was not written from a trained model",
-        if negative == 1 { "" } else { "s" }
-    ))
-}
-
-/// An IEEE half-precision value, widened exactly.
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
-    let exponent = i32::from((h >> 10) & 0x1f);
-    let mantissa = f32::from(h & 0x3ff);
-    match exponent {
-        0 => sign * mantissa * 2f32.powi(-24),
-        0x1f if mantissa == 0.0 => sign * f32::INFINITY,
-        0x1f => f32::NAN,
-        e => sign * (1.0 + mantissa / 1024.0) * 2f32.powi(e - 15),
-    }
-}
-
-/// A tensor's bytes on the host, for safetensors serialisation.
-struct RawTensor {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl RawTensor {
-    /// f64 and i64 keep their dtype; every other dtype is written as f32.
-    fn from_tensor(t: &Tensor) -> candle_core::Result<Self> {
-        let flat = t.flatten_all()?.to_device(&Device::Cpu)?;
-        let (dtype, data) = match t.dtype() {
-            DType::F64 => (
-                Dtype::F64,
-                le_bytes(flat.to_vec1::<f64>()?, f64::to_le_bytes),
-            ),
-            DType::I64 => (
-                Dtype::I64,
-                le_bytes(flat.to_vec1::<i64>()?, i64::to_le_bytes),
-            ),
-            _ => (
-                Dtype::F32,
-                le_bytes(
-                    flat.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                    f32::to_le_bytes,
-                ),
-            ),
-        };
-        Ok(Self {
-            dtype,
-            shape: t.dims().to_vec(),
-            data,
-        })
-    }
-}
-
-fn le_bytes<T: Copy, const N: usize>(values: Vec<T>, f: fn(T) -> [u8; N]) -> Vec<u8> {
-    values.into_iter().flat_map(f).collect()
-}
-
-impl View for RawTensor {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
-/// The `VarBuilder` backend of a [`ParamStore`]: existing variables by name, missing ones created
-/// from the seeded stream (unless `existing_only`, which also records what was handed out).
-struct SeededBackend {
-    store: ParamStore,
-    existing_only: Option<Arc<Mutex<BTreeSet<String>>>>,
-}
-
-impl SimpleBackend for SeededBackend {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        init: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let mut vars = self.store.vars();
-        if let Some(var) = vars.get(name) {
-            if var.shape() != &shape {
-                bail!(
-                    "parameter `{name}` has shape {:?} in the store, the model asks for {:?}",
-                    var.dims(),
-                    shape.dims()
-                )
-            }
-            if let Some(used) = &self.existing_only {
-                used.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(name.to_string());
-            }
-            return Ok(var.as_tensor().clone());
-        }
-        if self.existing_only.is_some() {
-            bail!("the parameter store holds a different model: it has no `{name}`")
-        }
-        let values = init_values(self.store.inner.seed, name, &shape, init);
-        let t = Tensor::from_vec(values, shape, &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(dev)?;
-        let var = Var::from_tensor(&t)?;
-        let out = var.as_tensor().clone();
-        vars.insert(name.to_string(), var);
-        Ok(out)
-    }
-
-    fn get_unchecked(
-        &self,
-        name: &str,
-        _dtype: DType,
-        _dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        match self.store.vars().get(name) {
-            Some(var) => Ok(var.as_tensor().clone()),
-            None => bail!("the parameter store has no `{name}`"),
-        }
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.store.vars().contains_key(name)
-    }
-}
-
-/// 64-bit FNV-1a: a stable hash of a parameter name (std's hashers may change between releases).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// The random stream of one parameter: ChaCha20 keyed by the seed, on the stream picked by the
-/// name, so values do not depend on the order in which parameters are created.
-fn rng_for(seed: u64, name: &str) -> ChaCha20Rng {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..24].copy_from_slice(b"protbench-params");
-    let mut rng = ChaCha20Rng::from_seed(key);
-    rng.set_stream(fnv1a64(name.as_bytes()));
-    rng
-}
-
-/// The initial values of `name`, following candle's `Init` with a seeded stream.
-fn init_values(seed: u64, name: &str, shape: &Shape, init: Init) -> Vec<f64> {
-    let n = shape.elem_count();
-    let uniform = |lo: f64, up: f64| -> Vec<f64> {
-        let mut rng = rng_for(seed, name);
-        (0..n)
-            .map(|_| lo + (up - lo) * rng.random::<f64>())
-            .collect()
-    };
-    let normal = |mean: f64, std: f64| -> Vec<f64> {
-        let mut rng = rng_for(seed, name);
-        (0..n)
-            .map(|_| mean + std * rng.sample::<f64, _>(rand_distr::StandardNormal))
-            .collect()
-    };
-    match init {
-        Init::Const(v) => vec![v; n],
-        Init::Uniform { lo, up } => uniform(lo, up),
-        Init::Randn { mean, stdev } => normal(mean, stdev),
-        Init::Kaiming {
-            dist,
-            fan,
-            non_linearity,
-        } => {
-            let fan = fan.for_shape(shape).max(1);
-            let std = non_linearity.gain() / (fan as f64).sqrt();
-            match dist {
-                candle_nn::init::NormalOrUniform::Uniform => {
-                    let bound = 3f64.sqrt() * std;
-                    uniform(-bound, bound)
-                }
-                candle_nn::init::NormalOrUniform::Normal => normal(0.0, std),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_nn::Init;
 
     #[test]
     fn buffers_are_classified_by_suffix() {
@@ -651,246 +567,227 @@ mod tests {
         assert!(!is_counter("bn.running_mean"));
     }
 
-    #[test]
-    fn init_is_order_independent_and_seeded() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        let init = Init::Uniform { lo: -0.5, up: 0.5 };
-        let a = ParamStore::new(7, &dev);
-        let va = a.var_builder();
-        let x1 = va.get_with_hints((4, 3), "x", init)?;
-        let y1 = va.get_with_hints(5, "y", init)?;
-        let b = ParamStore::new(7, &dev);
-        let vb = b.var_builder();
-        let y2 = vb.get_with_hints(5, "y", init)?;
-        let x2 = vb.get_with_hints((4, 3), "x", init)?;
-        assert_eq!(x1.to_vec2::<f32>()?, x2.to_vec2::<f32>()?);
-        assert_eq!(y1.to_vec1::<f32>()?, y2.to_vec1::<f32>()?);
-        let c = ParamStore::new(8, &dev);
-        let x3 = c.var_builder().get_with_hints((4, 3), "x", init)?;
-        assert_ne!(x1.to_vec2::<f32>()?, x3.to_vec2::<f32>()?);
-        // Different names draw different values under one seed.
-        let z = a.var_builder().get_with_hints((4, 3), "z", init)?;
-        assert_ne!(x1.to_vec2::<f32>()?, z.to_vec2::<f32>()?);
-        for v in x1.flatten_all()?.to_vec1::<f32>()? {
-            assert!((-0.5..0.5).contains(&v));
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn uniform_init_has_the_right_moments() -> candle_core::Result<()> {
-        let store = ParamStore::new(0, &Device::Cpu);
-        let t =
-            store
-                .var_builder()
-                .get_with_hints(20_000, "w", Init::Uniform { lo: -1.0, up: 1.0 })?;
-        let mean = t.mean_all()?.to_scalar::<f32>()?;
-        let var = t.sqr()?.mean_all()?.to_scalar::<f32>()?;
-        assert!(mean.abs() < 0.02, "mean {mean}");
-        assert!((var - 1.0 / 3.0).abs() < 0.01, "var {var}");
-        Ok(())
-    }
-
-    #[test]
-    fn existing_builder_refuses_new_names_and_records_use() -> candle_core::Result<()> {
-        let store = ParamStore::new(0, &Device::Cpu);
-        store.var_builder().get(3, "a")?;
-        let (vb, used) = store.existing_var_builder();
-        vb.get(3, "a")?;
-        assert!(vb.get(3, "b").is_err());
-        assert!(vb.get(4, "a").is_err());
-        assert_eq!(used.lock().unwrap_or_else(PoisonError::into_inner).len(), 1);
-        assert_eq!(store.names(), vec!["a".to_string()]);
-        Ok(())
-    }
-
-    #[test]
-    fn bad_bytes_are_bad_file() -> candle_core::Result<()> {
-        let store = ParamStore::new(0, &Device::Cpu);
-        store.var_builder().get(3, "a")?;
-        let err = store.load_from_bytes(b"definitely not safetensors", Path::new("x.safetensors"));
-        assert!(matches!(err, Err(Error::BadFile { .. })), "{err:?}");
-        let err = store.load_from_bytes(&[], Path::new("x.safetensors"));
-        assert!(matches!(err, Err(Error::BadFile { .. })), "{err:?}");
-        Ok(())
-    }
-
-    /// A safetensors file of `(name, dtype, shape, little-endian bytes)`.
-    fn file(tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>) -> Vec<u8> {
-        let views = tensors
-            .into_iter()
-            .map(|(n, dtype, shape, data)| (n.to_string(), RawTensor { dtype, shape, data }));
-        safetensors::serialize(views, None).unwrap()
-    }
-
-    fn f32s(v: &[f32]) -> Vec<u8> {
-        v.iter().flat_map(|x| x.to_le_bytes()).collect()
-    }
-
-    /// A store holding `conv.weight` (4 values) and `bn.running_var` (3 values).
-    fn two_tensor_store() -> candle_core::Result<ParamStore> {
-        let store = ParamStore::new(0, &Device::Cpu);
-        store
-            .var_builder()
-            .get_with_hints(4, "conv.weight", Init::Const(0.5))?;
-        store
-            .var_builder()
-            .get_with_hints(3, "bn.running_var", Init::Const(1.0))?;
+    /// A store holding a conv weight, a bias, batch-norm state and a counter, made through the
+    /// builder as the zoo makes them.
+    fn small_store() -> candle_core::Result<ParamStore> {
+        let store = ParamStore::new(3, &Device::Cpu);
+        let vb = store.var_builder();
+        let init = Init::Uniform { lo: -1.0, up: 1.0 };
+        vb.get_with_hints((4, 2, 3, 3), "conv.weight", init)?;
+        vb.get_with_hints(4, "conv.bias", init)?;
+        vb.get_with_hints(4, "bn.running_mean", Init::Const(0.0))?;
+        vb.get_with_hints(4, "bn.running_var", Init::Const(1.0))?;
+        vb.get_with_hints_dtype((), "bn.num_batches_tracked", Init::Const(0.0), DType::I64)?;
         Ok(store)
     }
 
-    fn load_err(store: &ParamStore, bytes: &[u8]) -> String {
-        match store.load_from_bytes(bytes, Path::new("dir/w.safetensors")) {
-            Err(e @ Error::BadFile { .. }) => e.to_string(),
-            other => panic!("expected a bad-file error, got {other:?}"),
-        }
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
-    fn non_finite_weights_are_refused_naming_tensor_and_file() -> candle_core::Result<()> {
-        let store = two_tensor_store()?;
-        let var = f32s(&[1.0, 1.0, 1.0]);
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let bytes = file(vec![
-                (
-                    "conv.weight",
-                    Dtype::F32,
-                    vec![4],
-                    f32s(&[0.1, bad, 0.2, bad]),
-                ),
-                ("bn.running_var", Dtype::F32, vec![3], var.clone()),
-            ]);
-            let err = load_err(&store, &bytes);
-            assert!(
-                err.contains("dir/w.safetensors") && err.contains("`conv.weight`"),
-                "{err}"
-            );
-            assert!(err.contains("2 non-finite values of 4"), "{err}");
-            assert!(err.contains("index 1"), "{err}");
-            let early = check_values(&bytes, Path::new("dir/w.safetensors"));
-            assert!(matches!(early, Err(Error::BadFile { .. })), "{early:?}");
-        }
-        // Nothing was loaded.
-        let kept = store.get("conv.weight").map(|v| v.to_vec1::<f32>());
-        assert_eq!(kept.transpose()?, Some(vec![0.5; 4]));
-        // Half-precision files too: f16 NaN and infinities, a bf16 NaN (1.0 first).
-        let halves = [
-            (Dtype::F16, 0x3c00u16, 0x7e00u16),
-            (Dtype::F16, 0x3c00, 0x7c00),
-            (Dtype::F16, 0x3c00, 0xfc00),
-            (Dtype::BF16, 0x3f80, 0x7fc0),
-            (Dtype::BF16, 0x3f80, 0x7f80),
-        ];
-        for (dtype, one, bad) in halves {
-            let data: Vec<u8> = [one, bad, 0, 0]
-                .iter()
-                .flat_map(|b| b.to_le_bytes())
-                .collect();
-            let bytes = file(vec![
-                ("conv.weight", dtype, vec![4], data),
-                ("bn.running_var", Dtype::F32, vec![3], var.clone()),
-            ]);
-            let err = load_err(&store, &bytes);
-            assert!(err.contains("`conv.weight`"), "{dtype:?} {bad:#x}: {err}");
-        }
+    fn the_builder_records_kinds_from_names_and_queries_read_them() -> Result<()> {
+        let store = small_store()?;
+        assert_eq!(store.kind("conv.weight"), Some(ParamKind::Trainable));
+        assert_eq!(
+            store.kind("bn.num_batches_tracked"),
+            Some(ParamKind::Buffer)
+        );
+        assert_eq!(store.kind("nope"), None);
+        let buffers = names(&[
+            "bn.num_batches_tracked",
+            "bn.running_mean",
+            "bn.running_var",
+        ]);
+        assert_eq!(store.names_of(ParamKind::Buffer), buffers);
+        let trainable = names(&["conv.bias", "conv.weight"]);
+        assert_eq!(store.names_of(ParamKind::Trainable), trainable);
+        let listed: Vec<String> = store.trainable().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(listed, trainable);
+        let listed: Vec<String> = store.buffers().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(listed, buffers);
+        assert_eq!(store.num_parameters(), 4 * 2 * 9 + 4);
         Ok(())
     }
 
     #[test]
-    fn impossible_buffers_are_refused() -> Result<()> {
-        let store = two_tensor_store()?;
-        let weight = (
-            "conv.weight",
-            Dtype::F32,
-            vec![4],
-            f32s(&[0.1, -2.0, 0.2, 3.0]),
-        );
-        let bytes = file(vec![
-            weight.clone(),
-            (
-                "bn.running_var",
-                Dtype::F32,
-                vec![3],
-                f32s(&[1.0, -0.25, 2.0]),
-            ),
-        ]);
-        let err = load_err(&store, &bytes);
+    fn kinds_are_the_recorded_ones_not_the_names() -> Result<()> {
+        let store = small_store()?;
+        // A weight a defence freezes is a buffer from then on, whatever its name says.
+        store.set_kind("conv.bias", ParamKind::Buffer)?;
+        let trainable: Vec<String> = store.trainable().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(trainable, names(&["conv.weight"]));
+        assert!(store.buffers().iter().any(|(n, _)| n == "conv.bias"));
+        assert_eq!(store.num_parameters(), 4 * 2 * 9);
+        // And a name that looks like a buffer can be inserted as trainable or quantisation state.
+        let t = Tensor::new(&[1.0f32, 2.0], &Device::Cpu)?;
+        store.insert("odd.running_mean", &t, ParamKind::Trainable)?;
+        store.insert("act.scale", &t, ParamKind::QuantState)?;
         assert!(
-            err.contains("`bn.running_var`") && err.contains("running variance cannot be negative"),
-            "{err}"
-        );
-        assert!(err.contains("-0.25") && err.contains("index 1"), "{err}");
-        // Zero (and negative zero) variances are possible: a channel that never fired.
-        let bytes = file(vec![
-            weight,
-            (
-                "bn.running_var",
-                Dtype::F32,
-                vec![3],
-                f32s(&[0.0, -0.0, 2.0]),
-            ),
-        ]);
-        store.load_from_bytes(&bytes, Path::new("w.safetensors"))?;
-        assert_eq!(
             store
-                .get("conv.weight")
-                .map(|v| v.to_vec1::<f32>())
-                .transpose()?,
-            Some(vec![0.1, -2.0, 0.2, 3.0])
+                .trainable()
+                .iter()
+                .any(|(n, _)| n == "odd.running_mean")
         );
-        // A negative batch counter.
-        let counter = (-3i64).to_le_bytes().to_vec();
-        let problem = value_problem("bn.num_batches_tracked", Dtype::I64, &counter);
+        assert_eq!(store.names_of(ParamKind::QuantState), names(&["act.scale"]));
+        assert!(!store.buffers().iter().any(|(n, _)| n == "act.scale"));
+        // Refusals name the tensor.
+        for (name, kind) in [
+            ("bn.num_batches_tracked", ParamKind::Trainable),
+            ("conv.weight", ParamKind::Quantized),
+            ("missing", ParamKind::Buffer),
+        ] {
+            match store.set_kind(name, kind) {
+                Err(e @ Error::Param { .. }) => assert!(e.to_string().contains(name), "{e}"),
+                other => panic!("{name} -> {kind:?}: {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn insert_overwrites_in_place_or_refuses_another_shape_or_dtype() -> Result<()> {
+        let store = small_store()?;
+        let held = store.trainable();
+        let new = Tensor::new(&[0.5f32; 4], &Device::Cpu)?;
+        store.insert("conv.bias", &new, ParamKind::Trainable)?;
+        // In place: a variable handed out before sees the new values.
+        let before = held
+            .iter()
+            .find(|(n, _)| n == "conv.bias")
+            .map(|(_, v)| v.clone());
+        assert_eq!(
+            before.map(|v| v.to_vec1::<f32>()).transpose()?,
+            Some(vec![0.5; 4])
+        );
+        let wrong_shape = Tensor::new(&[0.5f32; 3], &Device::Cpu)?;
+        let wrong_dtype = Tensor::new(&[1i64; 4], &Device::Cpu)?;
+        for t in [&wrong_shape, &wrong_dtype] {
+            match store.insert("conv.bias", t, ParamKind::Buffer) {
+                Err(e @ Error::Param { .. }) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("`conv.bias`") && msg.contains("exists"),
+                        "{msg}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(store.kind("conv.bias"), Some(ParamKind::Trainable));
+        assert!(store.insert("x", &new, ParamKind::Quantized).is_err());
         assert!(
-            problem
-                .as_deref()
-                .is_some_and(|p| p.contains("batch counter cannot be negative")),
-            "{problem:?}"
+            store
+                .insert("c", &wrong_dtype, ParamKind::Trainable)
+                .is_err()
         );
-        assert_eq!(
-            value_problem("bn.num_batches_tracked", Dtype::I64, &5i64.to_le_bytes()),
-            None
-        );
-        // Negative values elsewhere are ordinary weights.
-        assert_eq!(
-            value_problem("bn.running_mean", Dtype::F32, &f32s(&[-1.0])),
-            None
-        );
+        // The store copies: changing the caller's variable does not change the store.
+        let mine = Var::from_tensor(&new)?;
+        store.insert("mine", mine.as_tensor(), ParamKind::QuantState)?;
+        mine.set(&Tensor::new(&[9.0f32; 4], &Device::Cpu)?)?;
+        let stored = store.get("mine").map(|v| v.to_vec1::<f32>()).transpose()?;
+        assert_eq!(stored, Some(vec![0.5; 4]));
         Ok(())
     }
 
     #[test]
-    fn half_precision_is_widened_exactly() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0xfc00), f32::NEG_INFINITY);
-        assert!(f16_to_f32(0x7e00).is_nan());
-    }
-
-    #[test]
-    fn first_non_finite_names_the_tensor() -> Result<()> {
-        let store = two_tensor_store()?;
-        assert_eq!(store.first_non_finite()?, None);
-        if let Some(var) = store.get("bn.running_var") {
-            var.set(&Tensor::new(&[1.0f32, f32::INFINITY, 1.0], &Device::Cpu)?)?;
+    fn quantize_replaces_a_trainable_by_its_int8_form() -> Result<()> {
+        let store = small_store()?;
+        let (vb, _) = store.existing_var_builder();
+        let before = vb.get((4, 2, 3, 3), "conv.weight")?;
+        let original = before.flatten_all()?.to_vec1::<f32>()?;
+        store.quantize("conv.weight", Some(0))?;
+        assert_eq!(store.kind("conv.weight"), Some(ParamKind::Quantized));
+        assert!(
+            store.get("conv.weight").is_none(),
+            "get is for float tensors"
+        );
+        assert_eq!(
+            store.names_of(ParamKind::Quantized),
+            names(&["conv.weight"])
+        );
+        assert!(!store.trainable().iter().any(|(n, _)| n == "conv.weight"));
+        // Still a model parameter.
+        assert_eq!(store.num_parameters(), 4 * 2 * 9 + 4);
+        let Some(q) = store.quantized("conv.weight") else {
+            panic!("no int8 form");
+        };
+        assert_eq!(
+            (q.axis, q.scale.len(), q.shape.clone()),
+            (Some(0), 4, vec![4, 2, 3, 3])
+        );
+        // Models see the dequantised values, through tensors handed out before and after.
+        let deq = q.dequantize()?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(before.flatten_all()?.to_vec1::<f32>()?, deq);
+        assert_eq!(
+            vb.get((4, 2, 3, 3), "conv.weight")?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            deq
+        );
+        assert_ne!(original, deq);
+        // Only trainable tensors are quantised, once.
+        for name in ["conv.weight", "bn.running_var", "missing"] {
+            match store.quantize(name, None) {
+                Err(e @ Error::Param { .. }) => assert!(e.to_string().contains(name), "{e}"),
+                other => panic!("{name}: {other:?}"),
+            }
         }
-        assert_eq!(store.first_non_finite()?, Some("bn.running_var".into()));
+        assert!(
+            store.quantize("conv.bias", Some(1)).is_err(),
+            "axis out of range"
+        );
+        // A copy keeps kinds and int8 forms, independently.
+        let copy = store.deep_copy()?;
+        assert_eq!(copy.quantized("conv.weight"), Some(q.clone()));
+        assert_eq!(copy.kind("conv.weight"), Some(ParamKind::Quantized));
+        // Inserting f32 values makes it f32 again.
+        store.insert("conv.weight", &q.dequantize()?, ParamKind::Trainable)?;
+        assert_eq!(store.quantized("conv.weight"), None);
+        assert_eq!(copy.kind("conv.weight"), Some(ParamKind::Quantized));
         Ok(())
     }
 
     #[test]
-    fn loading_into_an_empty_store_is_a_config_error() {
-        let store = ParamStore::new(0, &Device::Cpu);
-        let err = store.load_from_bytes(&[], Path::new("x.safetensors"));
-        assert!(matches!(err, Err(Error::BadFile { .. })));
-        let other = ParamStore::new(0, &Device::Cpu);
-        let bytes = other.to_safetensors_bytes();
-        assert!(bytes.is_ok());
-        if let Ok(bytes) = bytes {
-            let err = store.load_from_bytes(&bytes, Path::new("x.safetensors"));
-            assert!(matches!(err, Err(Error::Config(_))), "{err:?}");
+    fn int8_names_cannot_collide_with_their_scales() -> Result<()> {
+        let store = small_store()?;
+        store.quantize("conv.weight", Some(0))?;
+        let t = Tensor::new(&[1.0f32; 4], &Device::Cpu)?;
+        match store.insert("conv.weight.scale", &t, ParamKind::QuantState) {
+            Err(e @ Error::Param { .. }) => assert!(e.to_string().contains("conv.weight"), "{e}"),
+            other => panic!("{other:?}"),
         }
+        store.insert("conv.bias.zero_point", &t, ParamKind::QuantState)?;
+        assert!(store.quantize("conv.bias", None).is_err());
+        let q = QuantizedTensor {
+            values: vec![1, 2],
+            shape: vec![2],
+            scale: vec![0.5],
+            zero_point: vec![0],
+            axis: None,
+        };
+        store.insert_quantized("fresh", q.clone())?;
+        assert_eq!(store.quantized("fresh"), Some(q.clone()));
+        let mut bad = q;
+        bad.scale = vec![-1.0];
+        assert!(matches!(
+            store.insert_quantized("other", bad),
+            Err(Error::Param { .. })
+        ));
+        assert_eq!(store.kind("other"), None);
+        Ok(())
+    }
+
+    #[test]
+    fn retain_drops_tensors() -> Result<()> {
+        let store = small_store()?;
+        store.retain(|name, kind| kind == ParamKind::Trainable || name.ends_with("running_var"));
+        assert_eq!(
+            store.names(),
+            names(&["bn.running_var", "conv.bias", "conv.weight"])
+        );
+        store.retain(|name, _| name.starts_with("bn."));
+        assert_eq!(store.names(), names(&["bn.running_var"]));
+        Ok(())
     }
 }
