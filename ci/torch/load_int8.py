@@ -64,7 +64,8 @@ def read_int8_file(path):
             q = torch._make_per_channel_quantized_tensor(t, scale.double(), zero_point, axis)
             view = [1] * t.dim()
             view[axis] = -1
-            manual = (t.to(torch.float32) - zero_point.view(view).to(torch.float32)) * scale.view(view)
+            zero = zero_point.view(view).to(torch.float32)
+            manual = (t.to(torch.float32) - zero) * scale.view(view)
         deq = q.dequantize()
         if not torch.equal(deq, manual):
             raise ValueError(f"{name}: dequantize() and (q - zero_point) * scale differ")

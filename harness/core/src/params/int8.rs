@@ -4,7 +4,8 @@
 //! hold: the int8 values, one scale and one zero point per channel (or one for the whole tensor)
 //! and the channel axis. It exists so that a protection scheme or an attack can store, save and
 //! reload a quantised model (the int8 values are what a deployed model ships, and what an
-//! attacker who dumps it sees), and so that those files load into PyTorch (`ci/torch/load_int8.py`).
+//! attacker who dumps it sees), and so that those files load into PyTorch
+//! (`ci/torch/load_int8.py`).
 //!
 //! The quantisers here are symmetric: zero point 0 and, per channel, `scale = max|w| / 127`, so
 //! the largest weight of a channel maps exactly to ±127 and nothing is clipped. (PyTorch's

@@ -331,7 +331,7 @@ impl ParamStore {
                         name,
                         format!(
                             "exists with shape {:?} and dtype {:?}; the new tensor has shape {:?} \
-                             and dtype {:?} (drop it with `ParamStore::retain` first to replace it)",
+                             and dtype {:?} (drop it with `ParamStore::retain` to replace it)",
                             var.dims(),
                             var.dtype(),
                             t.dims(),
