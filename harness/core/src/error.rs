@@ -45,6 +45,16 @@ pub enum Error {
         /// The unknown names (at most a few).
         names: Vec<String>,
     },
+    /// A parameter store was asked to store, quantise or re-kind a tensor in a way that would
+    /// break it (another shape or dtype under an existing name, integers made trainable, a
+    /// buffer quantised); the message says what to do instead.
+    #[error("parameter `{name}` {problem}")]
+    Param {
+        /// The tensor's name in the store.
+        name: String,
+        /// What is wrong, and the fix.
+        problem: String,
+    },
     /// A file that is not valid safetensors, or a checkpoint whose metadata is wrong.
     #[error("{}{message}", file_prefix(.path))]
     BadFile {

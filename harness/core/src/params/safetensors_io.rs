@@ -1,243 +1,107 @@
-//! Parameters: the named variables of one model, their deterministic initialisation, and their
-//! PyTorch-compatible safetensors files.
+//! The safetensors files of a [`ParamStore`]: save, strict load, value checks.
 //!
-//! A [`ParamStore`] owns every tensor of a model under its PyTorch state-dict name. Models are
-//! built through [`ParamStore::var_builder`]; a variable the model asks for and the store lacks is
-//! created from a ChaCha20 stream keyed by the store's seed and selected by the parameter's name,
-//! so the same seed gives bit-identical weights on every run, on every device and whatever the
-//! order in which layers are built. The values are drawn on the host in f64 and rounded once to
-//! the variable's dtype; the uniform draws the zoo uses (PyTorch's default initialisation, see
-//! [`crate::nn`]) need no transcendental function, so they are identical on every platform too.
+//! An f32 store is written exactly as `safetensors.torch.save_file(model.state_dict())` writes
+//! it (see the [parent module](super)). int8 tensors ([`ParamKind::Quantized`]) follow this
+//! convention, which `ci/torch/load_int8.py` reads:
 //!
-//! Names ending in `running_mean`, `running_var` or `num_batches_tracked` are buffers
-//! (non-trainable state, as in PyTorch); everything else is trainable.
+//! - the int8 values under the parameter's own name, dtype `I8`, in the parameter's shape;
+//! - `<name>.scale`, dtype `F32`, shape `[channels]` for a per-channel tensor or `[]` for a
+//!   per-tensor one, and `<name>.zero_point`, dtype `I64`, of the same shape, beside it;
+//! - the channel axis of a per-channel tensor, when it is not 0 (PyTorch's output-channel axis,
+//!   the usual one), as `<name>.axis`, dtype `I64`, shape `[]`. (Not in the file's metadata:
+//!   safetensors writes metadata in hash order, and the bytes must be deterministic.)
 //!
-//! Loading refuses values no trained model can hold, naming the tensor and the file: NaN or
-//! infinite values (a diverged run or a corrupt file would otherwise evaluate to "accuracy 0,
-//! loss NaN" and be protected, attacked and tabulated as if it were a model), a negative
-//! batch-norm running variance, a negative batch counter.
+//! Dequantised, value `i` is `(q[i] - zero_point[c]) * scale[c]` for its channel `c`, as
+//! PyTorch's `torch.quantize_per_channel(...).dequantize()`. [`ParamKind::QuantState`] tensors
+//! (activation scales and zero points, observer state) are ordinary F32 tensors in the file;
+//! their kind is the store's, not the file's. A store without int8 tensors writes the very
+//! bytes it wrote before int8 support existed.
 //!
-//! Files are safetensors with PyTorch's state-dict names and layouts (convolutions O x I x kH x kW,
-//! linear out x in), f32 values, and `num_batches_tracked` as an i64 scalar of shape `[]`, as
-//! `safetensors.torch.save_file(model.state_dict())` writes them; a PyTorch module of the same
-//! architecture (ci/torch/models.py) loads them with a strict `load_state_dict`, and the other way
-//! round.
+//! Loading restores the int8 tensors of a file as [`ParamKind::Quantized`] with their scales and
+//! zero points, whatever the stored tensor of that name was; an f32 tensor in the file makes a
+//! stored int8 tensor f32 again (with the kind its name gives, see [`ParamKind::for_name`]). A
+//! `.scale`, `.zero_point` or `.axis` without its int8 tensor, or an int8 tensor without its
+//! scale and zero point, is an [`Error::BadFile`] naming the tensor, as are inconsistent scales
+//! (count, sign, finiteness), zero points outside the int8 range and an axis out of range.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use candle_core::{DType, Device, Shape, Tensor, Var, bail};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors, View};
 
+use super::int8::QuantizedTensor;
+use super::{INT8_SUFFIXES, MAX_LISTED, ParamKind, ParamStore, is_counter};
 use crate::error::{Error, Result};
 
-/// Suffixes of the non-trainable tensors (batch-norm state).
-const BUFFER_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
+/// The suffixes of the tensors that stand beside an int8 tensor in a file.
+const SCALE: &str = INT8_SUFFIXES[0];
+const ZERO_POINT: &str = INT8_SUFFIXES[1];
+const AXIS: &str = INT8_SUFFIXES[2];
 
-/// How many unknown names an [`Error::UnexpectedTensors`] lists.
-const MAX_LISTED: usize = 8;
-
-/// Whether `name` is a buffer (batch-norm running statistics or batch counter) rather than a
-/// trainable parameter.
-pub fn is_buffer(name: &str) -> bool {
-    let last = name.rsplit('.').next().unwrap_or(name);
-    BUFFER_SUFFIXES.contains(&last)
-}
-
-fn is_counter(name: &str) -> bool {
-    name == "num_batches_tracked" || name.ends_with(".num_batches_tracked")
-}
-
-struct Inner {
-    seed: u64,
-    device: Device,
-    vars: Mutex<BTreeMap<String, Var>>,
-}
-
-/// The named variables of one model (trainable parameters and buffers), with seeded
-/// initialisation and strict PyTorch-compatible load and save.
-///
-/// Cloning gives another handle to the same variables (training and evaluation can share one
-/// model); [`ParamStore::deep_copy`] makes independent ones. A store holds one model:
-/// [`crate::zoo::build`] refuses to build a different model on a store that already holds one.
-#[derive(Clone)]
-pub struct ParamStore {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for ParamStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParamStore")
-            .field("seed", &self.inner.seed)
-            .field("device", &self.inner.device)
-            .field("tensors", &self.len())
-            .finish()
-    }
+/// What loading does to one stored tensor; computed for every tensor before any changes, so
+/// that nothing changes unless the whole file is valid.
+enum Update {
+    /// New f32 (or integer) values; a stored int8 tensor becomes f32 again.
+    Values(Tensor),
+    /// New int8 values, with their dequantised form for the store's f32 shadow.
+    Int8(QuantizedTensor, Tensor),
 }
 
 impl ParamStore {
-    /// An empty store whose missing variables will be initialised from `seed` on `device`.
-    pub fn new(seed: u64, device: &Device) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                seed,
-                device: device.clone(),
-                vars: Mutex::new(BTreeMap::new()),
-            }),
-        }
-    }
-
-    /// The initialisation seed.
-    pub fn seed(&self) -> u64 {
-        self.inner.seed
-    }
-
-    /// Where the variables live.
-    pub fn device(&self) -> &Device {
-        &self.inner.device
-    }
-
-    fn vars(&self) -> MutexGuard<'_, BTreeMap<String, Var>> {
-        // A panic elsewhere while holding the lock cannot leave the map half-written (every
-        // mutation is a single insert), so a poisoned lock is still usable.
-        self.inner
-            .vars
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// An f32 builder on the store's device that returns the stored variable for a name and
-    /// creates (seeded) the ones that are missing. Models built through it share the store's
-    /// variables: training updates them, [`ParamStore::load`] overwrites them in place.
-    pub fn var_builder(&self) -> VarBuilder<'static> {
-        self.builder(None)
-    }
-
-    /// A builder that only hands out existing variables (a missing name is an error) and records
-    /// the names it handed out, so a caller can check that a model uses exactly the stored set.
-    pub(crate) fn existing_var_builder(
-        &self,
-    ) -> (VarBuilder<'static>, Arc<Mutex<BTreeSet<String>>>) {
-        let used = Arc::new(Mutex::new(BTreeSet::new()));
-        (self.builder(Some(used.clone())), used)
-    }
-
-    fn builder(&self, existing_only: Option<Arc<Mutex<BTreeSet<String>>>>) -> VarBuilder<'static> {
-        let backend = SeededBackend {
-            store: self.clone(),
-            existing_only,
-        };
-        VarBuilder::from_backend(Box::new(backend), DType::F32, self.inner.device.clone())
-    }
-
-    /// Trainable variables (everything but buffers), sorted by name: what an optimiser updates.
-    pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.vars()
-            .iter()
-            .filter(|(name, _)| !is_buffer(name))
-            .map(|(name, var)| (name.clone(), var.clone()))
-            .collect()
-    }
-
-    /// The non-trainable state (batch-norm running statistics and batch counters), sorted by
-    /// name. The tensors share storage with the store: they show later in-place updates.
-    pub fn buffers(&self) -> Vec<(String, Tensor)> {
-        self.vars()
-            .iter()
-            .filter(|(name, _)| is_buffer(name))
-            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
-            .collect()
-    }
-
-    /// Every tensor name (parameters and buffers), sorted.
-    pub fn names(&self) -> Vec<String> {
-        self.vars().keys().cloned().collect()
-    }
-
-    /// The variable called `name`, to read or overwrite (`Var::set`) one tensor.
-    pub fn get(&self, name: &str) -> Option<Var> {
-        self.vars().get(name).cloned()
-    }
-
-    /// Number of tensors (parameters and buffers).
-    pub fn len(&self) -> usize {
-        self.vars().len()
-    }
-
-    /// Whether no model has been built on this store yet.
-    pub fn is_empty(&self) -> bool {
-        self.vars().is_empty()
-    }
-
-    /// Number of trainable scalars, as PyTorch's `sum(p.numel() for p in model.parameters())`.
-    pub fn num_parameters(&self) -> usize {
-        self.vars()
-            .iter()
-            .filter(|(name, _)| !is_buffer(name))
-            .map(|(_, var)| var.elem_count())
-            .sum()
-    }
-
-    /// The name of the first tensor (in name order) holding a NaN or an infinite value, if any:
-    /// the trainer's once-per-epoch divergence check, run on the tensors' device (one small
-    /// reduction and one scalar read per tensor, no copy of the weights to the host).
-    pub fn first_non_finite(&self) -> Result<Option<String>> {
-        let vars = self.vars();
-        for (name, var) in vars.iter() {
-            let t = var.as_tensor();
-            if !t.dtype().is_float() {
-                continue;
-            }
-            // x - x is 0 for every finite x and NaN for NaN and ±inf; a sum of zeros cannot
-            // overflow, so the sum is NaN exactly when some value is not finite.
-            let probe = t
-                .sub(t)?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-            if !probe.is_finite() {
-                return Ok(Some(name.clone()));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Removes every variable (used when a build fails half-way on a fresh store).
-    pub(crate) fn clear(&self) {
-        self.vars().clear();
-    }
-
-    /// An independent store with copies of every variable, on the same device and with the same
-    /// seed: a victim's weights that a defence or attack may change without touching the original.
-    pub fn deep_copy(&self) -> Result<ParamStore> {
-        let copy = ParamStore::new(self.inner.seed, &self.inner.device);
-        {
-            let src = self.vars();
-            let mut dst = copy.vars();
-            for (name, var) in src.iter() {
-                let t = var.as_tensor().copy()?;
-                dst.insert(name.clone(), Var::from_tensor(&t)?);
-            }
-        }
-        Ok(copy)
-    }
-
     /// The safetensors file content of [`ParamStore::save`]: deterministic bytes for the same
     /// values, usable as a hash of the weights.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let vars = self.vars();
-        let mut views = Vec::with_capacity(vars.len());
-        for (name, var) in vars.iter() {
-            views.push((name.clone(), RawTensor::from_tensor(var.as_tensor())?));
-        }
-        drop(vars);
+        let entries = self.entries();
+        let mut views = Vec::with_capacity(entries.len());
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        for (name, entry) in entries.iter() {
+            match &entry.int8 {
+                None => views.push((name.clone(), RawTensor::from_tensor(entry.var.as_tensor())?)),
+                Some(q) => {
+                    let channels = if q.axis.is_some() {
+                        vec![q.scale.len()]
+                    } else {
+                        Vec::new()
+                    };
+                    let values = q.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    views.push((
+                        name.clone(),
+                        RawTensor::new(Dtype::I8, q.shape.clone(), values),
+                    ));
+                    let scale = le_bytes(q.scale.clone(), f32::to_le_bytes);
+                    let zero_point = le_bytes(q.zero_point.clone(), i64::to_le_bytes);
+                    views.push((
+                        format!("{name}.{SCALE}"),
+                        RawTensor::new(Dtype::F32, channels.clone(), scale),
+                    ));
+                    views.push((
+                        format!("{name}.{ZERO_POINT}"),
+                        RawTensor::new(Dtype::I64, channels, zero_point),
+                    ));
+                    if let Some(axis) = q.axis.filter(|&a| a != 0) {
+                        let axis = i64::try_from(axis).unwrap_or(i64::MAX).to_le_bytes();
+                        views.push((
+                            format!("{name}.{AXIS}"),
+                            RawTensor::new(Dtype::I64, Vec::new(), axis.to_vec()),
+                        ));
+                    }
+                }
+            }
+        }
+        drop(entries);
+        let mut seen = BTreeSet::new();
+        if let Some((name, _)) = views.iter().find(|(n, _)| !seen.insert(n.as_str())) {
+            return Err(Error::BadFile {
+                path: PathBuf::new(),
+                message: format!(
+                    "cannot serialise the parameters: tensor `{name}` is both a stored tensor and \
+                     the scale, zero point or axis of an int8 tensor; rename or drop one of them"
+                ),
+            });
+        }
         safetensors::serialize(views, Some(metadata)).map_err(|e| Error::BadFile {
             // In memory: no file to name (`save` adds its own).
             path: PathBuf::new(),
@@ -252,13 +116,13 @@ impl ParamStore {
         crate::atomic_file::write_atomically(path, &bytes)
     }
 
-    /// Overwrites every variable with the tensor of the same name in the safetensors file at
+    /// Overwrites every tensor with the tensor of the same name in the safetensors file at
     /// `path`, strictly as PyTorch's `load_state_dict`: every tensor of the model must be there
     /// with the right shape, and the file must have no others. f16, bf16 and f64 values are
     /// converted; `num_batches_tracked` may be absent (it is then reset to 0, as PyTorch does).
-    /// Non-finite values and impossible buffers are refused (see the module docs) with a
-    /// [`Error::BadFile`] naming the tensor. Nothing changes unless the whole file is valid.
-    /// Build the model first.
+    /// int8 tensors are restored as such (see the module docs). Non-finite values and impossible
+    /// buffers are refused (see the parent module's docs) with a [`Error::BadFile`] naming the
+    /// tensor. Nothing changes unless the whole file is valid. Build the model first.
     pub fn load(&self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         self.load_from_bytes(&bytes, path)
@@ -272,19 +136,45 @@ impl ParamStore {
         };
         let file = SafeTensors::deserialize(bytes)
             .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let vars = self.vars();
-        if vars.is_empty() {
+        let mut entries = self.entries();
+        if entries.is_empty() {
             return Err(Error::Config(format!(
                 "cannot load {}: no model has been built on this parameter store yet",
                 origin.display()
             )));
         }
-        let mut updates = Vec::with_capacity(vars.len());
-        for (name, var) in vars.iter() {
+        let int8 = int8_tensors(&file, |name| entries.contains_key(name)).map_err(bad)?;
+        let mut updates = Vec::with_capacity(entries.len());
+        for (name, entry) in entries.iter() {
+            let var = &entry.var;
+            if let Some(q) = int8.get(name) {
+                if !var.dtype().is_float() {
+                    return Err(bad(format!(
+                        "tensor `{name}` is int8 in the file, but the model's `{name}` holds {:?} \
+                         values, which are never quantised",
+                        var.dtype()
+                    )));
+                }
+                if q.shape != var.dims() {
+                    return Err(Error::ShapeMismatch {
+                        path: origin.to_path_buf(),
+                        name: name.clone(),
+                        expected: var.dims().to_vec(),
+                        found: q.shape.clone(),
+                    });
+                }
+                let deq = q
+                    .dequantize()?
+                    .to_dtype(var.dtype())?
+                    .to_device(var.device())?;
+                updates.push((name.clone(), Update::Int8(q.clone(), deq)));
+                continue;
+            }
             let view = match file.tensor(name) {
                 Ok(view) => view,
                 Err(_) if is_counter(name) => {
-                    updates.push((var, Tensor::zeros(var.shape(), var.dtype(), var.device())?));
+                    let zeros = Tensor::zeros(var.shape(), var.dtype(), var.device())?;
+                    updates.push((name.clone(), Update::Values(zeros)));
                     continue;
                 }
                 Err(_) => {
@@ -333,12 +223,12 @@ impl ParamStore {
                 .to_dtype(var.dtype())?
                 .reshape(expected)?
                 .to_device(var.device())?;
-            updates.push((var, t));
+            updates.push((name.clone(), Update::Values(t)));
         }
         let unexpected: Vec<String> = file
             .names()
             .into_iter()
-            .filter(|n| !vars.contains_key(*n))
+            .filter(|n| !entries.contains_key(*n) && int8_owner(n, &int8).is_none())
             .map(str::to_string)
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -350,11 +240,160 @@ impl ParamStore {
                 names: unexpected,
             });
         }
-        for (var, t) in updates {
-            var.set(&t)?;
+        for (name, update) in updates {
+            let Some(entry) = entries.get_mut(&name) else {
+                continue;
+            };
+            match update {
+                Update::Values(t) => {
+                    entry.var.set(&t)?;
+                    if entry.int8.take().is_some() {
+                        entry.kind = ParamKind::for_name(&name);
+                    }
+                }
+                Update::Int8(q, deq) => {
+                    entry.var.set(&deq)?;
+                    entry.int8 = Some(q);
+                    entry.kind = ParamKind::Quantized;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// The int8 tensor that file tensor `name` is the scale or zero point of, if any.
+fn int8_owner<'a>(name: &'a str, int8: &BTreeMap<String, QuantizedTensor>) -> Option<&'a str> {
+    INT8_SUFFIXES
+        .iter()
+        .filter_map(|s| name.strip_suffix(s)?.strip_suffix('.'))
+        .find(|base| int8.contains_key(*base))
+}
+
+/// The int8 tensors of a file with their scales and zero points (see the module docs), by name.
+/// The error names the tensor: an int8 tensor without its scale or zero point, or with
+/// inconsistent ones, and a scale or zero point without its int8 tensor (unless the store has a
+/// tensor of that very name, `is_stored`, which then loads as an ordinary tensor).
+fn int8_tensors(
+    file: &SafeTensors<'_>,
+    is_stored: impl Fn(&str) -> bool,
+) -> std::result::Result<BTreeMap<String, QuantizedTensor>, String> {
+    let mut names: Vec<&str> = file.names();
+    names.sort_unstable();
+    let view = |name: &str| file.tensor(name).ok();
+    let mut out = BTreeMap::new();
+    for &name in &names {
+        let Some(values) = view(name).filter(|v| v.dtype() == Dtype::I8) else {
+            continue;
+        };
+        let beside = |suffix: &str, dtype: Dtype| -> std::result::Result<TensorView<'_>, String> {
+            let aux = format!("{name}.{suffix}");
+            let Some(v) = view(&aux) else {
+                return Err(format!(
+                    "int8 tensor `{name}` has no `{aux}` beside it: an int8 tensor needs its \
+                     `.{SCALE}` (F32) and `.{ZERO_POINT}` (I64); the file is incomplete"
+                ));
+            };
+            if v.dtype() != dtype {
+                return Err(format!(
+                    "tensor `{aux}` has dtype {:?}; the {suffix} of an int8 tensor is {dtype:?}",
+                    v.dtype()
+                ));
+            }
+            Ok(v)
+        };
+        let scale = beside(SCALE, Dtype::F32)?;
+        let zero_point = beside(ZERO_POINT, Dtype::I64)?;
+        if scale.shape() != zero_point.shape() {
+            return Err(format!(
+                "int8 tensor `{name}` has a scale of shape {:?} and a zero point of shape {:?}; \
+                 both are [] (per tensor) or [channels]",
+                scale.shape(),
+                zero_point.shape()
+            ));
+        }
+        let axis_name = format!("{name}.{AXIS}");
+        let stored_axis = match view(&axis_name) {
+            None => None,
+            Some(v) if v.dtype() == Dtype::I64 && v.shape().is_empty() => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v.data()[..8]);
+                let a = i64::from_le_bytes(b);
+                Some(
+                    usize::try_from(a)
+                        .map_err(|_| format!("tensor `{axis_name}` is {a}, not a channel axis"))?,
+                )
+            }
+            Some(v) => {
+                return Err(format!(
+                    "tensor `{axis_name}` has dtype {:?} and shape {:?}; expected an I64 scalar",
+                    v.dtype(),
+                    v.shape()
+                ));
+            }
+        };
+        let axis = match scale.shape() {
+            [] if stored_axis.is_some() => {
+                return Err(format!(
+                    "int8 tensor `{name}` has a per-tensor scale (shape []) and a channel axis \
+                     `{axis_name}`; per-channel scales have shape [channels]"
+                ));
+            }
+            [] => None,
+            [_] => Some(stored_axis.unwrap_or(0)),
+            other => {
+                return Err(format!(
+                    "int8 tensor `{name}` has a scale of shape {other:?}; expected [] (per \
+                     tensor) or [channels]"
+                ));
+            }
+        };
+        let q = QuantizedTensor {
+            values: values
+                .data()
+                .iter()
+                .map(|&b| i8::from_le_bytes([b]))
+                .collect(),
+            shape: values.shape().to_vec(),
+            scale: scale
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            zero_point: zero_point
+                .data()
+                .chunks_exact(8)
+                .map(|c| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(c);
+                    i64::from_le_bytes(b)
+                })
+                .collect(),
+            axis,
+        };
+        if let Some(problem) = q.validate() {
+            return Err(format!("int8 tensor `{name}`: {problem}"));
+        }
+        out.insert(name.to_string(), q);
+    }
+    for &name in &names {
+        for suffix in INT8_SUFFIXES {
+            if let Some(base) = name.strip_suffix(suffix).and_then(|b| b.strip_suffix('.'))
+                && !out.contains_key(base)
+                && !is_stored(name)
+            {
+                let what = match view(base) {
+                    Some(v) => format!("the file's `{base}` is {:?}, not I8", v.dtype()),
+                    None => format!("the file has no `{base}`"),
+                };
+                return Err(format!(
+                    "tensor `{name}` is the {suffix} of an int8 tensor `{base}`, but {what}; the \
+                     file is corrupt or was edited"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Checks every tensor of a safetensors file for values no trained model can hold (NaN or
@@ -469,6 +508,11 @@ struct RawTensor {
 }
 
 impl RawTensor {
+    /// Bytes already in safetensors layout (little-endian, row-major).
+    fn new(dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> Self {
+        Self { dtype, shape, data }
+    }
+
     /// f64 and i64 keep their dtype; every other dtype is written as f32.
     fn from_tensor(t: &Tensor) -> candle_core::Result<Self> {
         let flat = t.flatten_all()?.to_device(&Device::Cpu)?;
@@ -519,190 +563,10 @@ impl View for RawTensor {
     }
 }
 
-/// The `VarBuilder` backend of a [`ParamStore`]: existing variables by name, missing ones created
-/// from the seeded stream (unless `existing_only`, which also records what was handed out).
-struct SeededBackend {
-    store: ParamStore,
-    existing_only: Option<Arc<Mutex<BTreeSet<String>>>>,
-}
-
-impl SimpleBackend for SeededBackend {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        init: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let mut vars = self.store.vars();
-        if let Some(var) = vars.get(name) {
-            if var.shape() != &shape {
-                bail!(
-                    "parameter `{name}` has shape {:?} in the store, the model asks for {:?}",
-                    var.dims(),
-                    shape.dims()
-                )
-            }
-            if let Some(used) = &self.existing_only {
-                used.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(name.to_string());
-            }
-            return Ok(var.as_tensor().clone());
-        }
-        if self.existing_only.is_some() {
-            bail!("the parameter store holds a different model: it has no `{name}`")
-        }
-        let values = init_values(self.store.inner.seed, name, &shape, init);
-        let t = Tensor::from_vec(values, shape, &Device::Cpu)?
-            .to_dtype(dtype)?
-            .to_device(dev)?;
-        let var = Var::from_tensor(&t)?;
-        let out = var.as_tensor().clone();
-        vars.insert(name.to_string(), var);
-        Ok(out)
-    }
-
-    fn get_unchecked(
-        &self,
-        name: &str,
-        _dtype: DType,
-        _dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        match self.store.vars().get(name) {
-            Some(var) => Ok(var.as_tensor().clone()),
-            None => bail!("the parameter store has no `{name}`"),
-        }
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.store.vars().contains_key(name)
-    }
-}
-
-/// 64-bit FNV-1a: a stable hash of a parameter name (std's hashers may change between releases).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// The random stream of one parameter: ChaCha20 keyed by the seed, on the stream picked by the
-/// name, so values do not depend on the order in which parameters are created.
-fn rng_for(seed: u64, name: &str) -> ChaCha20Rng {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..24].copy_from_slice(b"protbench-params");
-    let mut rng = ChaCha20Rng::from_seed(key);
-    rng.set_stream(fnv1a64(name.as_bytes()));
-    rng
-}
-
-/// The initial values of `name`, following candle's `Init` with a seeded stream.
-fn init_values(seed: u64, name: &str, shape: &Shape, init: Init) -> Vec<f64> {
-    let n = shape.elem_count();
-    let uniform = |lo: f64, up: f64| -> Vec<f64> {
-        let mut rng = rng_for(seed, name);
-        (0..n)
-            .map(|_| lo + (up - lo) * rng.random::<f64>())
-            .collect()
-    };
-    let normal = |mean: f64, std: f64| -> Vec<f64> {
-        let mut rng = rng_for(seed, name);
-        (0..n)
-            .map(|_| mean + std * rng.sample::<f64, _>(rand_distr::StandardNormal))
-            .collect()
-    };
-    match init {
-        Init::Const(v) => vec![v; n],
-        Init::Uniform { lo, up } => uniform(lo, up),
-        Init::Randn { mean, stdev } => normal(mean, stdev),
-        Init::Kaiming {
-            dist,
-            fan,
-            non_linearity,
-        } => {
-            let fan = fan.for_shape(shape).max(1);
-            let std = non_linearity.gain() / (fan as f64).sqrt();
-            match dist {
-                candle_nn::init::NormalOrUniform::Uniform => {
-                    let bound = 3f64.sqrt() * std;
-                    uniform(-bound, bound)
-                }
-                candle_nn::init::NormalOrUniform::Normal => normal(0.0, std),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buffers_are_classified_by_suffix() {
-        assert!(is_buffer("bn1.running_mean"));
-        assert!(is_buffer("layer1.0.bn2.running_var"));
-        assert!(is_buffer("features.1.num_batches_tracked"));
-        assert!(!is_buffer("bn1.weight"));
-        assert!(!is_buffer("running_mean_weight"));
-        assert!(is_counter("bn.num_batches_tracked"));
-        assert!(!is_counter("bn.running_mean"));
-    }
-
-    #[test]
-    fn init_is_order_independent_and_seeded() -> candle_core::Result<()> {
-        let dev = Device::Cpu;
-        let init = Init::Uniform { lo: -0.5, up: 0.5 };
-        let a = ParamStore::new(7, &dev);
-        let va = a.var_builder();
-        let x1 = va.get_with_hints((4, 3), "x", init)?;
-        let y1 = va.get_with_hints(5, "y", init)?;
-        let b = ParamStore::new(7, &dev);
-        let vb = b.var_builder();
-        let y2 = vb.get_with_hints(5, "y", init)?;
-        let x2 = vb.get_with_hints((4, 3), "x", init)?;
-        assert_eq!(x1.to_vec2::<f32>()?, x2.to_vec2::<f32>()?);
-        assert_eq!(y1.to_vec1::<f32>()?, y2.to_vec1::<f32>()?);
-        let c = ParamStore::new(8, &dev);
-        let x3 = c.var_builder().get_with_hints((4, 3), "x", init)?;
-        assert_ne!(x1.to_vec2::<f32>()?, x3.to_vec2::<f32>()?);
-        // Different names draw different values under one seed.
-        let z = a.var_builder().get_with_hints((4, 3), "z", init)?;
-        assert_ne!(x1.to_vec2::<f32>()?, z.to_vec2::<f32>()?);
-        for v in x1.flatten_all()?.to_vec1::<f32>()? {
-            assert!((-0.5..0.5).contains(&v));
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn uniform_init_has_the_right_moments() -> candle_core::Result<()> {
-        let store = ParamStore::new(0, &Device::Cpu);
-        let t =
-            store
-                .var_builder()
-                .get_with_hints(20_000, "w", Init::Uniform { lo: -1.0, up: 1.0 })?;
-        let mean = t.mean_all()?.to_scalar::<f32>()?;
-        let var = t.sqr()?.mean_all()?.to_scalar::<f32>()?;
-        assert!(mean.abs() < 0.02, "mean {mean}");
-        assert!((var - 1.0 / 3.0).abs() < 0.01, "var {var}");
-        Ok(())
-    }
-
-    #[test]
-    fn existing_builder_refuses_new_names_and_records_use() -> candle_core::Result<()> {
-        let store = ParamStore::new(0, &Device::Cpu);
-        store.var_builder().get(3, "a")?;
-        let (vb, used) = store.existing_var_builder();
-        vb.get(3, "a")?;
-        assert!(vb.get(3, "b").is_err());
-        assert!(vb.get(4, "a").is_err());
-        assert_eq!(used.lock().unwrap_or_else(PoisonError::into_inner).len(), 1);
-        assert_eq!(store.names(), vec!["a".to_string()]);
-        Ok(())
-    }
+    use candle_nn::Init;
 
     #[test]
     fn bad_bytes_are_bad_file() -> candle_core::Result<()> {
