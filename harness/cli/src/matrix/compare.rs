@@ -163,9 +163,14 @@ pub fn noise_floor(metric: &str) -> f64 {
     }
 }
 
-/// Whether a metric measures time (it moves with the machine, not with the code alone).
+/// Whether a metric measures time (it moves with the machine, not with the code alone): any
+/// metric in seconds or milliseconds (`encrypt-seconds`, `latency-ms-p50`, EdgePro's
+/// `hook-overhead-ms-p50`) or named a latency.
 pub fn is_timing(metric: &str) -> bool {
-    metric.contains("seconds") || metric.contains("latency")
+    metric.contains("seconds")
+        || metric.contains("latency")
+        || metric.contains("-ms-")
+        || metric.ends_with("-ms")
 }
 
 impl Tolerances {
@@ -523,6 +528,27 @@ mod tests {
         let faster = vec![rec("latency-ms-p50", 1.0, false, 0)];
         let rows = compare(&base[2..3], &faster, &Tolerances::default());
         assert_eq!(rows[0].verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn every_metric_in_seconds_or_milliseconds_is_a_timing() {
+        for m in [
+            "encrypt-seconds",
+            "latency-ms-p50",
+            "latency-p99-ratio",
+            "hook-overhead-ms-p50",
+            "latency-no-hook-ms-p50",
+        ] {
+            assert!(is_timing(m), "{m}");
+        }
+        for m in [
+            "owner-accuracy",
+            "msd-fidelity",
+            "queries-used",
+            "password-bytes",
+        ] {
+            assert!(!is_timing(m), "{m}");
+        }
     }
 
     #[test]
