@@ -8,21 +8,10 @@
 use defences::edgepro::EdgeProConfig;
 use defences::selective_encryption::SelectiveEncryptionConfig;
 use harness_core::protect::setting_keys;
-
-/// A numeric key, TOML values outside its range, and TOML values inside it (edges included).
-type Numeric = (
-    &'static str,
-    &'static [&'static str],
-    &'static [&'static str],
-);
-
-/// One defence: its id, the keys of its settings struct, its numeric keys, its other keys.
-struct Row {
-    id: &'static str,
-    keys: fn() -> Option<&'static [&'static str]>,
-    numeric: &'static [Numeric],
-    other: &'static [&'static str],
-}
+use harness_core::testkit::settings::{
+    SettingsRow as Row, assert_defaults_build, assert_out_of_range_refused, assert_table_covers,
+    table,
+};
 
 /// `none` takes no settings (its settings struct is private and empty).
 fn no_keys() -> Option<&'static [&'static str]> {
@@ -84,67 +73,19 @@ const TABLE: &[Row] = &[
     },
 ];
 
-fn table(key: &str, value: &str) -> toml::Table {
-    toml::from_str(&format!("{key} = {value}")).expect("the test's TOML parses")
-}
-
 #[test]
 fn the_table_covers_every_defence_and_every_setting() {
-    let registry = defences::registry();
-    let ids: Vec<&str> = registry.ids().collect();
-    let listed: Vec<&str> = TABLE.iter().map(|r| r.id).collect();
-    assert_eq!(
-        ids, listed,
-        "one row per registered defence, in registration order"
-    );
-    for row in TABLE {
-        let mut keys: Vec<&str> = (row.keys)().expect("a settings struct").to_vec();
-        let mut covered: Vec<&str> = row.numeric.iter().map(|n| n.0).collect();
-        covered.extend(row.other);
-        keys.sort_unstable();
-        covered.sort_unstable();
-        assert_eq!(keys, covered, "{}: numeric and other keys", row.id);
-    }
+    assert_table_covers(&defences::registry(), TABLE);
 }
 
 #[test]
 fn defaults_build() {
-    let registry = defences::registry();
-    for id in registry.ids() {
-        if let Err(e) = registry.build(id, &toml::Table::new()) {
-            panic!("{id} with its defaults: {e}");
-        }
-    }
+    assert_defaults_build(&defences::registry());
 }
 
 #[test]
 fn out_of_range_values_are_refused_naming_the_key() {
-    let registry = defences::registry();
-    for row in TABLE {
-        for &(key, bad, good) in row.numeric {
-            assert!(
-                !bad.is_empty(),
-                "{}: `{key}` has no out-of-range value",
-                row.id
-            );
-            for value in bad {
-                let err = match registry.build(row.id, &table(key, value)) {
-                    Ok(_) => panic!("{}: `{key} = {value}` was accepted", row.id),
-                    Err(e) => e.to_string(),
-                };
-                assert!(
-                    err.contains(&format!("`{key}`")),
-                    "{}: `{key} = {value}`: {err}",
-                    row.id
-                );
-            }
-            for value in good {
-                if let Err(e) = registry.build(row.id, &table(key, value)) {
-                    panic!("{}: `{key} = {value}` was refused: {e}", row.id);
-                }
-            }
-        }
-    }
+    assert_out_of_range_refused(&defences::registry(), TABLE);
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! 8x8 synthetic images. One definition, so every defence and attack test measures against the
 //! same model and a change to the recipe is made once. A few seconds on 2 cores in a test
 //! profile with optimised dependencies; test binaries train it once (keep it in a `OnceLock`).
+//! [`settings`] holds the range checks every component crate runs on its settings table.
+
+pub mod settings;
 
 use std::path::Path;
 
