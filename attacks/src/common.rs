@@ -37,12 +37,12 @@ pub(crate) fn stolen_weights<'e>(
     attack: &str,
 ) -> Result<&'e StolenArtifact> {
     let weights = exposure.stolen.as_ref().ok_or_else(|| {
-        Error::Config(format!(
+        Error::Unsupported(format!(
             "attack `{attack}` needs stolen weights, and this protection exposes none"
         ))
     })?;
     if !weights.spec.arch.is_classifier() {
-        return Err(Error::Config(format!(
+        return Err(Error::Unsupported(format!(
             "attack `{attack}` retrains classifiers; the stolen model is `{}`",
             weights.spec.arch
         )));

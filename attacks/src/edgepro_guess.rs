@@ -93,7 +93,7 @@ pub(crate) struct Target {
 pub(crate) fn target(exposure: &Exposure, attack: &str) -> Result<Target> {
     let stolen = stolen_weights(exposure, attack)?;
     let Disclosure::Edgepro(info) = &stolen.public else {
-        return Err(Error::Config(format!(
+        return Err(Error::Unsupported(format!(
             "attack `{attack}` needs an EdgePro-locked model; the stolen model's public \
              description is `{}`",
             stolen.public.kind()

@@ -112,7 +112,9 @@ impl Extraction {
         budget: &Budget,
     ) -> Result<StolenModel> {
         let oracle = exposure.oracle.as_ref().ok_or_else(|| {
-            Error::Config("attack `extraction` needs a query oracle, and none is exposed".into())
+            Error::Unsupported(
+                "attack `extraction` needs a query oracle, and none is exposed".into(),
+            )
         })?;
         let transfer = ctx.transfer_data;
         let wanted = budget.queries.map_or(transfer.len(), |q| {

@@ -134,7 +134,7 @@ impl ReinitEncrypted {
         let stolen = stolen_weights(exposure, ENTRY.id)?;
         let model = stolen.rebuild()?;
         let Disclosure::SelectiveEncryption(public) = &stolen.public else {
-            return Err(Error::Config(format!(
+            return Err(Error::Unsupported(format!(
                 "`reinit-encrypted` needs a selectively encrypted model (its public header names \
                  the encrypted layers); the stolen model's public description is `{}`",
                 stolen.public.kind()

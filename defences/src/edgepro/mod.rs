@@ -184,7 +184,7 @@ impl EdgePro {
         let arch = model.spec().arch;
         let groups = model.groups();
         if groups.is_empty() {
-            return Err(Error::Config(format!(
+            return Err(Error::Unsupported(format!(
                 "`{arch}` has no stages to lock (edgepro needs a classifier of the zoo)"
             )));
         }
@@ -442,8 +442,8 @@ impl Defence for EdgePro {
                 self.config.latency_runs,
                 ctx.device,
             )?;
-            measures.push(Measure::lower("latency-no-hook-ms-p50", without));
-            measures.push(Measure::lower("hook-overhead-ms-p50", with - without));
+            measures.push(Measure::timing("latency-no-hook-ms-p50", without));
+            measures.push(Measure::timing("hook-overhead-ms-p50", with - without));
         }
         if let Some(last) = locked.report.history.last() {
             measures.push(Measure::lower("lock-train-loss", last.train_loss));

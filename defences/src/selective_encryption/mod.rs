@@ -288,9 +288,9 @@ impl Defence for SelectiveEncryption {
                     "encrypted-conv-fraction",
                     frac(r.encrypted_params, r.conv_params),
                 ),
-                Measure::lower("encrypt-seconds", r.seconds),
-                Measure::lower("decrypt-seconds", full.seconds),
-                Measure::lower("rank-seconds", rank_seconds),
+                Measure::timing("encrypt-seconds", r.seconds),
+                Measure::timing("decrypt-seconds", full.seconds),
+                Measure::timing("rank-seconds", rank_seconds),
                 Measure::lower("licence-bytes", full_licence.len() as f64),
                 Measure::lower("escrow-bytes", r.escrow_bytes as f64),
                 Measure::lower(

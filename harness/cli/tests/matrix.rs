@@ -55,6 +55,27 @@ fn runs_writes_outputs_and_resumes() {
     assert_eq!(keys.len(), n, "a metric was recorded twice for one cell");
     assert!(metric("none", "-", "owner-accuracy").unwrap() > 0.1);
     assert!(metric("none", "-", "latency-ms-p50").unwrap() > 0.0);
+    // Every deployment is timed with the unprotected victim in the same rounds: a paired ratio
+    // with its interval, marked as a timing for the gates.
+    for d in ["none", "none+top1-label"] {
+        let (lo, mid, hi) = (
+            metric(d, "-", "latency-ratio-low").unwrap(),
+            metric(d, "-", "latency-ratio").unwrap(),
+            metric(d, "-", "latency-ratio-high").unwrap(),
+        );
+        assert!(0.0 < lo && lo <= mid && mid <= hi, "{d}: {lo} {mid} {hi}");
+    }
+    let marked = |m: &str| {
+        rows.iter()
+            .filter(|r| r["metric"] == m)
+            .all(|r| r["timing"] == true)
+    };
+    assert!(marked("latency-ratio") && marked("latency-ms-p99") && marked("attack-seconds"));
+    assert!(
+        rows.iter()
+            .filter(|r| r["metric"] == "owner-accuracy")
+            .all(|r| r["timing"] == false)
+    );
     assert!(metric("*", "scratch", "attacker-accuracy").is_some());
     assert_eq!(
         metric("none", "extraction", "queries-used"),

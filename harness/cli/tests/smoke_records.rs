@@ -1,6 +1,6 @@
 //! Checks the records of a real-data run of `ci/smoke.toml`: every planned cell present and
 //! finished, accuracies in range and above chance, extraction fidelity above chance, the query
-//! ledger within budget. It needs that run, so it is ignored by `cargo test`; `ci/smoke.sh` runs
+//! ledger within budget, each protection's locked or keyless model below its owner's. It needs that run, so it is ignored by `cargo test`; `ci/smoke.sh` runs
 //! the matrix and then this test with `PROTBENCH_SMOKE_RUN` pointing at the run folder.
 
 mod common;
@@ -69,9 +69,34 @@ fn smoke_run_is_complete_and_plausible() {
     for f in fid {
         assert!(f > 0.2, "extraction fidelity {f} is at chance");
     }
-    // Fine-tuning stolen weights keeps most of the victim: far above chance.
-    for acc in values("attacker-accuracy", Some("fine-tune")) {
-        assert!(acc > 0.2, "fine-tuned stolen model at chance: {acc}");
+    let value = |defence: &str, attack: &str, metric: &str| -> f64 {
+        rows.iter()
+            .find(|r| r["defence"] == defence && r["attack"] == attack && r["metric"] == metric)
+            .and_then(|r| r["value"].as_f64())
+            .unwrap_or_else(|| panic!("no {metric} for {defence}/{attack}"))
+    };
+    // Fine-tuning unprotected stolen weights keeps most of the victim: far above chance.
+    let ft = value("none", "fine-tune", "attacker-accuracy");
+    assert!(ft > 0.2, "fine-tuned stolen model at chance: {ft}");
+    // Each protection does what it claims at this size, and its adaptive attacks ran.
+    let owner = value("none", "-", "owner-accuracy");
+    let locked = value("edgepro", "-", "level-accuracy:no-password");
+    assert!(
+        locked < value("edgepro", "-", "owner-accuracy"),
+        "EdgePro without the password ({locked}) is not below the owner with it"
+    );
+    let no_key = value("selective-encryption", "-", "level-accuracy:level-0");
+    assert!(
+        no_key < owner - 0.1,
+        "selective encryption without keys ({no_key}) is not well below the owner ({owner})"
+    );
+    for (defence, attack) in [
+        ("edgepro", "edgepro-guess"),
+        ("edgepro", "edgepro-prune"),
+        ("selective-encryption", "reinit-encrypted"),
+    ] {
+        let acc = value(defence, attack, "attacker-accuracy");
+        assert!((0.0..=1.0).contains(&acc), "{defence}/{attack}: {acc}");
     }
     for q in values("queries-used", Some("extraction")) {
         assert!(

@@ -85,6 +85,25 @@ pub enum Error {
     /// An invalid setting (a zero batch size, an empty dataset, a schedule that makes no sense).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A black-box API refused a query because the attacker's query budget is spent: a fact of
+    /// the run (the attack asked for more than its budget), not a bad setting.
+    #[error("query budget exhausted: {used} of {limit} images used, {asked} more asked")]
+    BudgetExhausted {
+        /// Images already answered.
+        used: u64,
+        /// The budget.
+        limit: u64,
+        /// Images in the refused query.
+        asked: u64,
+    },
+    /// An operation this model, artifact or component cannot do (a whole-model attack on a
+    /// thief's partial copy, a stage that is not held); the message says what would work.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Parameters that do not belong to the model they are used with (a store of another
+    /// architecture, a partial store holding other stages than it claims).
+    #[error("parameters do not fit the model: {0}")]
+    Mismatch(String),
     /// A component broke its own contract (a defence returned something other than it
     /// declared): a bug in that component, not a usage error.
     #[error("integrity check failed: {0}")]

@@ -10,6 +10,7 @@
 //! - [`seeded`]: the reproducible randomness defences and attacks share.
 //! - [`testkit`]: the small trained victim every component test protects and attacks.
 //! - [`train`], [`eval`], [`eval_denoise`]: the training loop and the metrics.
+//! - [`latency`]: batch-1 latency timed interleaved, with paired ratios between deployments.
 //!
 //! Everything takes a candle [`Device`](candle_core::Device), so the same code runs on the CPU
 //! and, with the `cuda` feature, on a GPU.
@@ -20,6 +21,7 @@ mod error;
 
 pub mod eval;
 pub mod eval_denoise;
+pub mod latency;
 pub mod nn;
 pub mod params;
 pub mod protect;

@@ -341,7 +341,10 @@ fn a_store_holds_one_model() -> Result<()> {
         ModelSpec::new(Arch::Vgg11, 10),
     ] {
         let err = zoo::build(&other, &store).err();
-        assert!(matches!(err, Some(Error::Config(_))), "{other:?}: {err:?}");
+        assert!(
+            matches!(err, Some(Error::Mismatch(_))),
+            "{other:?}: {err:?}"
+        );
     }
     assert_eq!(store.num_parameters(), 272_474);
     Ok(())

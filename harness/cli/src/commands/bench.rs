@@ -8,8 +8,10 @@
 //!   then `--rounds` rounds of 3 timed steps;
 //! - inference images/s at `--infer-batch` in eval mode: 3 warm-up forwards, then `--rounds`
 //!   rounds of 2 timed forwards;
-//! - batch-1 latency: 20 warm-up then 200 timed single-image forwards, each read back to host
-//!   memory before the clock stops.
+//! - batch-1 latency: 20 warm-up then 200 timed rounds of single-image forwards, each read back
+//!   to host memory before the clock stops. Each round times the model twice, interleaved, as
+//!   the matrix times deployments; the paired ratio of the two series (the model against
+//!   itself) is printed as a check of the method on this machine.
 //!
 //! Plus the peak resident memory of the process (`VmHWM`, Linux only; 0 elsewhere).
 
@@ -17,6 +19,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
+use harness_core::latency::{LatencyPlan, Ratio, Summary, paired_ratio, time_interleaved};
 use harness_core::train::{Sgd, SgdConfig};
 use harness_core::{Arch, Model, ModelSpec, ParamStore, zoo};
 use serde_json::json;
@@ -113,6 +116,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "latency b1 (ms)", latency.min, latency.median, latency.max, latency.p99
     );
     println!(
+        "{:<28} {:>10.3} [{:.3}, {:.3}]   (the model against itself, interleaved; ideally 1)",
+        "latency b1 paired ratio",
+        latency.self_ratio.median,
+        latency.self_ratio.low,
+        latency.self_ratio.high
+    );
+    println!(
         "{:<28} {:>10.1} MiB",
         "peak resident memory",
         peak_rss_bytes as f64 / (1024.0 * 1024.0)
@@ -146,6 +156,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "latency_ms_min": latency.min,
             "latency_ms_max": latency.max,
             "latency_runs": LATENCY_RUNS,
+            "latency_self_ratio": latency.self_ratio.median,
+            "latency_self_ratio_low": latency.self_ratio.low,
+            "latency_self_ratio_high": latency.self_ratio.high,
             "peak_rss_bytes": peak_rss_bytes,
             "provenance": Provenance::collect(&device),
         });
@@ -166,11 +179,11 @@ impl Stats {
     /// The statistics of a non-empty series; the median of an even count is the mean of the two
     /// middle values (as Python's `statistics.median`).
     fn of(values: &[f64]) -> Stats {
-        let sorted = sorted(values);
+        let s = Summary::of(values);
         Stats {
-            min: sorted.first().copied().unwrap_or(0.0),
-            median: median_sorted(&sorted),
-            max: sorted.last().copied().unwrap_or(0.0),
+            min: s.min,
+            median: s.p50,
+            max: s.max,
         }
     }
 }
@@ -188,29 +201,8 @@ struct Latency {
     median: f64,
     p99: f64,
     max: f64,
-}
-
-fn sorted(values: &[f64]) -> Vec<f64> {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v
-}
-
-fn median_sorted(v: &[f64]) -> f64 {
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// The `p`-th percentile of a sorted series, nearest rank as the reference's `pct`.
-fn percentile_sorted(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let idx = ((p / 100.0 * (v.len() - 1) as f64).round() as usize).min(v.len() - 1);
-    v[idx]
+    /// The model's paired ratio to itself (ideally 1).
+    self_ratio: Ratio,
 }
 
 /// Seeded random images (standard normal, as `torch.randn`) and labels (SplitMix64).
@@ -336,27 +328,30 @@ fn bench_infer(model: &dyn Model, inputs: &mut Inputs, args: &BenchArgs) -> anyh
     Ok(Stats::of(&rates))
 }
 
+/// Batch-1 latency through the harness's one timer ([`harness_core::latency`]): the model is
+/// timed as two subjects interleaved in the same rounds, so the paired ratio of the two (the
+/// same model against itself) shows what the method reads on this machine when nothing differs.
 fn bench_latency(model: &dyn Model, inputs: &mut Inputs) -> anyhow::Result<Latency> {
     let x = inputs.images(1)?;
-    let forward = || -> candle_core::Result<Vec<f32>> {
-        model.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()
+    let plan = LatencyPlan {
+        warmup_rounds: LATENCY_WARMUP,
+        rounds: LATENCY_RUNS,
     };
-    for _ in 0..LATENCY_WARMUP {
-        forward()?;
-    }
-    let mut ms = Vec::with_capacity(LATENCY_RUNS);
-    for _ in 0..LATENCY_RUNS {
-        let start = Instant::now();
-        let out = forward()?;
-        ms.push(start.elapsed().as_secs_f64() * 1e3);
+    let times = time_interleaved(2, plan, |_| {
+        let out = model
+            .forward_t(&x, false)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         std::hint::black_box(out);
-    }
-    let sorted = sorted(&ms);
+        Ok(())
+    })?;
+    let summary = Summary::of(&times[0]);
     Ok(Latency {
-        min: sorted.first().copied().unwrap_or(0.0),
-        median: median_sorted(&sorted),
-        p99: percentile_sorted(&sorted, 99.0),
-        max: sorted.last().copied().unwrap_or(0.0),
+        min: summary.min,
+        median: summary.p50,
+        p99: summary.p99,
+        max: summary.max,
+        self_ratio: paired_ratio(&times[1], &times[0]),
     })
 }
 
@@ -381,16 +376,6 @@ fn peak_rss_bytes() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn median_and_percentile_match_the_reference() {
-        let v = sorted(&[3.0, 1.0, 2.0, 4.0]);
-        assert_eq!(median_sorted(&v), 2.5);
-        assert_eq!(median_sorted(&v[..3]), 2.0);
-        let hundred: Vec<f64> = (0..200).map(f64::from).collect();
-        // round(0.99 * 199) = 197
-        assert_eq!(percentile_sorted(&hundred, 99.0), 197.0);
-    }
 
     #[test]
     fn inputs_are_seeded() {

@@ -4,8 +4,8 @@
 //! Rules: every run must have the same `config_hash` in its `run.json` (shards of different
 //! matrices are never joined: usage error). Derived rows are dropped and recomputed. A row of the
 //! same cell and metric seen twice keeps the `ok` one; two `ok` rows that disagree are an error,
-//! except for timing metrics (`*seconds*`, `latency*`), which differ from one execution to the
-//! next: the first is kept with a warning. Error rows of a cell that has `ok` rows elsewhere are
+//! except for timing metrics (rows marked `timing`), which differ from one execution to the next:
+//! the first is kept with a warning. Error rows of a cell that has `ok` rows elsewhere are
 //! dropped. Each run contributes the latest state of its cells (a cell that failed and later
 //! succeeded in one run counts as succeeded). `--into` must not exist unless `--force`.
 //!
@@ -24,7 +24,7 @@ use crate::cli::MergeArgs;
 use crate::exit::UsageError;
 use crate::matrix::compare::is_derived;
 use crate::matrix::records::{Record, finished_cells, latest, read_jsonl};
-use crate::matrix::report;
+use crate::matrix::sinks;
 
 type CellKey = (String, String, String, String, u64);
 
@@ -36,10 +36,6 @@ fn cell_of(r: &Record) -> CellKey {
         r.attack.clone(),
         r.seed,
     )
-}
-
-fn is_timing(metric: &str) -> bool {
-    metric.contains("seconds") || metric.starts_with("latency")
 }
 
 fn read_run(dir: &Path) -> anyhow::Result<(Value, String, Vec<Record>)> {
@@ -97,7 +93,7 @@ pub fn merge_records(runs: &[(String, Vec<Record>)]) -> anyhow::Result<Vec<Recor
                         "{}/{}/{}/{}/seed {} {}",
                         r.dataset, r.model, r.defence, r.attack, r.seed, r.metric
                     );
-                    if is_timing(&r.metric) {
+                    if r.is_timing() || old.is_timing() {
                         eprintln!(
                             "warning: {id}: {} in an earlier run, {} in {name}; keeping the first",
                             old.value, r.value
@@ -247,11 +243,8 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     let meta_text = serde_json::to_string_pretty(&meta)?;
     harness_core::atomic_file::write_atomically(&dir.join("run.json"), meta_text.as_bytes())?;
     let title = format!("protbench run {run_id} (merged from {} runs)", runs.len());
-    let errors = crate::matrix::report::write_all(dir, &title, &meta_text, &records)?;
-    println!(
-        "{}",
-        report::terminal_table(&report::with_derived(&records))
-    );
+    let errors = sinks::publish(dir, &title, &meta_text, &records)?;
+    println!("{}", sinks::terminal(&records));
     println!(
         "merged {} runs: {} rows, {} error rows; records in {}",
         runs.len(),
@@ -262,14 +255,7 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     for m in &missing {
         eprintln!("warning: incomplete merge: {m}");
     }
-    if !errors.is_empty() {
-        eprintln!("{}", report::failure_causes(&errors));
-        bail!(
-            "{} cells failed (error rows in {})",
-            errors.len(),
-            dir.join("records.jsonl").display()
-        );
-    }
+    sinks::fail_on_errors(&errors, &dir.join("records.jsonl"))?;
     if !missing.is_empty() && !args.partial {
         bail!(
             "the merge is incomplete ({}); the outputs were written. Pass --partial to accept an \

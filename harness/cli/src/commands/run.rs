@@ -10,8 +10,8 @@ use crate::exit::UsageError;
 use crate::matrix::config::MatrixFile;
 use crate::matrix::plan::Plan;
 use crate::matrix::records::{RecordLog, SCHEMA_VERSION};
-use crate::matrix::report;
 use crate::matrix::run::{RunSettings, execute, run_dir};
+use crate::matrix::sinks;
 use crate::provenance::Provenance;
 
 fn parse_shard(s: Option<&str>) -> anyhow::Result<(usize, usize)> {
@@ -142,7 +142,7 @@ pub fn run_with(
     let executed = execute(&settings, &plan, &log);
     let records = log.latest()?;
     let title = format!("protbench run {run_id}");
-    let errors = report::write_all(&dir, &title, &run_json_text, &records)?;
+    let errors = sinks::publish(&dir, &title, &run_json_text, &records)?;
     let outcome = executed?;
     if args.run.json {
         println!(
@@ -150,10 +150,7 @@ pub fn run_with(
             json!({"run_id": run_id, "dir": dir, "cells_run": outcome.ran, "cells_skipped": outcome.skipped, "cells_failed": errors.len()})
         );
     } else {
-        println!(
-            "{}",
-            report::terminal_table(&report::with_derived(&records))
-        );
+        println!("{}", sinks::terminal(&records));
         println!(
             "{} cells run, {} already done, {} failed; records in {}",
             outcome.ran,
@@ -162,13 +159,5 @@ pub fn run_with(
             dir.display()
         );
     }
-    if !errors.is_empty() {
-        eprintln!("{}", report::failure_causes(&errors));
-        bail!(
-            "{} cells failed (their error rows are in {}; the causes are above and in summary.md)",
-            errors.len(),
-            log.path().display()
-        );
-    }
-    Ok(())
+    sinks::fail_on_errors(&errors, log.path())
 }

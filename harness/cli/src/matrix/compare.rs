@@ -15,11 +15,11 @@
 //!   and size metrics are noisy.
 //!
 //! `--tolerance METRIC=VALUE` overrides one metric with an absolute tolerance (`VALUE%` makes it
-//! relative to `|base|`); `timing=VALUE` sets every timing metric not named (names containing
-//! `seconds` or `latency`: what changes with the machine class); `*=VALUE` replaces the defaults
-//! of every metric not named otherwise. Timing metrics never regress by less than their noise
-//! floor ([`noise_floor`]: 0.5 s for stage times, 0.25 ms for latencies, 3 for p99 latency
-//! ratios).
+//! relative to `|base|`); `timing=VALUE` sets every timing metric not named (rows marked
+//! `timing` by whoever measured them: what changes with the machine and its load); `*=VALUE`
+//! replaces the defaults of every metric not named otherwise. Timing metrics never regress by
+//! less than their noise floor ([`noise_floor`]: 0.5 s for stage times, 0.25 ms for latencies,
+//! 0.1 for paired latency ratios).
 //!
 //! A key present only in BASE is reported as `missing` and counts as a regression (a cell that
 //! disappeared or failed); a key present only in NEW is reported as `new` and does not.
@@ -38,7 +38,11 @@ use super::records::{Record, latest, read_jsonl};
 use super::report;
 use crate::exit::UsageError;
 
-/// Metrics that [`report::derive`] computes from measured rows; they are never measured.
+/// Metrics that [`report::derive`] computes from measured rows; they are never measured. The
+/// latency ratios were derived by earlier versions from two p50s (or p99s) timed minutes apart,
+/// which measured the machine's drift as much as the defence (0.63x for a perturbation that costs
+/// nothing); runs now measure a paired `latency-ratio`. The old names stay here so that such rows
+/// in older files are still recognised as derived and dropped.
 pub const DERIVED_METRICS: [&str; 6] = [
     "theft-gain",
     "owner-accuracy-loss",
@@ -140,37 +144,28 @@ pub struct Tolerances {
     pub overrides: BTreeMap<String, Tolerance>,
     /// `*=VALUE`: replaces the built-in default of every metric not named.
     pub default: Option<Tolerance>,
-    /// `timing=VALUE`: every timing metric not named (see [`is_timing`]).
+    /// `timing=VALUE`: every timing metric not named (rows marked `timing`, see
+    /// [`Record::is_timing`]).
     pub timing: Option<Tolerance>,
 }
 
 /// The smallest move of a timing metric that can be told from timer and scheduler noise: 0.5 s
-/// for stage times in seconds, 0.25 ms for latencies in ms, 3 for the ratio of a defence's p99
-/// latency to `none`'s, 0 otherwise. Without it a relative tolerance on a near-zero base (the
-/// `none` defence protects in microseconds) flags noise. The p99 ratio divides two tails of
-/// millisecond calls, each of which one descheduling can multiply: on a 2-core runner with
-/// other work, the smoke matrix's ratios moved from 0.19 to 2.3 and 0.17 to 2.9 between runs of
-/// the same code, while the p50 ratios stayed within 0.4.
-pub fn noise_floor(metric: &str) -> f64 {
-    if metric.contains("seconds") {
+/// for stage times in seconds, 0.25 ms for latencies in ms, 0.1 for paired latency ratios
+/// (`latency-ratio`: a deployment timed against itself in the same rounds stays within 0.05 of
+/// 1), 0 for anything that is not a timing. Without it a relative tolerance on a near-zero base
+/// (the `none` defence protects in microseconds) flags noise.
+pub fn noise_floor(metric: &str, timing: bool) -> f64 {
+    if !timing {
+        0.0
+    } else if metric.contains("seconds") {
         0.5
-    } else if metric.contains("latency-ms") {
+    } else if metric.contains("-ms") {
         0.25
-    } else if metric == "latency-p99-ratio" {
-        3.0
+    } else if metric.contains("ratio") {
+        0.1
     } else {
         0.0
     }
-}
-
-/// Whether a metric measures time (it moves with the machine, not with the code alone): any
-/// metric in seconds or milliseconds (`encrypt-seconds`, `latency-ms-p50`, EdgePro's
-/// `hook-overhead-ms-p50`) or named a latency.
-pub fn is_timing(metric: &str) -> bool {
-    metric.contains("seconds")
-        || metric.contains("latency")
-        || metric.contains("-ms-")
-        || metric.ends_with("-ms")
 }
 
 impl Tolerances {
@@ -210,12 +205,12 @@ impl Tolerances {
         Ok(t)
     }
 
-    /// The tolerance that applies to a metric.
-    pub fn for_metric(&self, metric: &str) -> Tolerance {
+    /// The tolerance that applies to a metric (`timing`: whether its rows are timings).
+    pub fn for_metric(&self, metric: &str, timing: bool) -> Tolerance {
         self.overrides
             .get(metric)
             .copied()
-            .or(self.timing.filter(|_| is_timing(metric)))
+            .or(self.timing.filter(|_| timing))
             .or(self.default)
             .unwrap_or_else(|| default_tolerance(metric))
     }
@@ -255,6 +250,8 @@ pub struct Aggregate {
     pub mean: f64,
     /// Whether a larger value is better for the owner.
     pub higher_is_better: bool,
+    /// Whether the metric is a timing.
+    pub timing: bool,
 }
 
 /// Recomputes the derived rows (dropping any the input carried) and averages the `ok` rows of
@@ -267,7 +264,7 @@ pub fn aggregate(records: &[Record]) -> BTreeMap<Key, Aggregate> {
         .collect();
     let derived = report::derive(&measured);
     measured.extend(derived);
-    let mut sums: BTreeMap<Key, (f64, usize, bool)> = BTreeMap::new();
+    let mut sums: BTreeMap<Key, (f64, usize, bool, bool)> = BTreeMap::new();
     for r in measured.iter().filter(|r| r.status == "ok") {
         let e = sums
             .entry((
@@ -277,17 +274,18 @@ pub fn aggregate(records: &[Record]) -> BTreeMap<Key, Aggregate> {
                 r.attack.clone(),
                 r.metric.clone(),
             ))
-            .or_insert((0.0, 0, r.higher_is_better));
+            .or_insert((0.0, 0, r.higher_is_better, r.is_timing()));
         e.0 += r.value;
         e.1 += 1;
     }
     sums.into_iter()
-        .map(|(k, (sum, n, hib))| {
+        .map(|(k, (sum, n, hib, timing))| {
             (
                 k,
                 Aggregate {
                     mean: sum / n as f64,
                     higher_is_better: hib,
+                    timing,
                 },
             )
         })
@@ -377,7 +375,9 @@ pub fn compare(base: &[Record], new: &[Record], tolerances: &Tolerances) -> Vec<
         .into_iter()
         .map(|k| {
             let (bv, nv) = (b.get(k), n.get(k));
-            let tol = tolerances.for_metric(&k.4);
+            let timing = bv.or(nv).is_some_and(|a| a.timing);
+            let tol = tolerances.for_metric(&k.4, timing);
+            let floor = noise_floor(&k.4, timing);
             let higher_is_better = bv.or(nv).is_some_and(|a| a.higher_is_better);
             let mut row = Row {
                 dataset: k.0.clone(),
@@ -389,7 +389,7 @@ pub fn compare(base: &[Record], new: &[Record], tolerances: &Tolerances) -> Vec<
                 new: nv.map(|a| a.mean),
                 delta: None,
                 tolerance: tol.to_string(),
-                allowed: bv.map(|a| tol.allowed(a.mean).max(noise_floor(&k.4))),
+                allowed: bv.map(|a| tol.allowed(a.mean).max(floor)),
                 higher_is_better,
                 verdict: Verdict::Ok,
             };
@@ -400,7 +400,7 @@ pub fn compare(base: &[Record], new: &[Record], tolerances: &Tolerances) -> Vec<
                     let delta = nv.mean - bv.mean;
                     row.delta = Some(delta);
                     let wrong = if higher_is_better { -delta } else { delta };
-                    let allowed = tol.allowed(bv.mean).max(noise_floor(&k.4));
+                    let allowed = tol.allowed(bv.mean).max(floor);
                     let both_nan = bv.mean.is_nan() && nv.mean.is_nan();
                     if (delta.is_nan() && !both_nan) || wrong > allowed + 1e-12 {
                         Verdict::Regressed
@@ -473,33 +473,59 @@ mod tests {
             config_hash: "h".into(),
             git: "g".into(),
             cell_rows: 0,
+            timing: Some(crate::matrix::records::named_like_a_timing(metric)),
         }
     }
 
     #[test]
     fn tolerance_syntax() {
         let t = Tolerances::parse(&["owner-accuracy=0.1".into(), "*=5%".into()]).unwrap();
-        assert_eq!(t.for_metric("owner-accuracy"), Tolerance::Absolute(0.1));
-        assert_eq!(t.for_metric("latency-ms-p50"), Tolerance::Relative(0.05));
+        assert_eq!(
+            t.for_metric("owner-accuracy", false),
+            Tolerance::Absolute(0.1)
+        );
+        assert_eq!(
+            t.for_metric("latency-ms-p50", true),
+            Tolerance::Relative(0.05)
+        );
         for bad in ["foo", "=1", "x=", "x=-1", "x=abc", "x=inf"] {
             assert!(Tolerances::parse(&[bad.into()]).is_err(), "{bad}");
         }
         let t = Tolerances::parse(&["timing=100%".into()]).unwrap();
-        assert_eq!(t.for_metric("attack-seconds"), Tolerance::Relative(1.0));
-        assert_eq!(t.for_metric("latency-p50-ratio"), Tolerance::Relative(1.0));
-        assert_eq!(t.for_metric("owner-accuracy"), Tolerance::Absolute(0.02));
-        assert_eq!(t.for_metric("model-bytes"), Tolerance::Relative(0.25));
+        assert_eq!(
+            t.for_metric("attack-seconds", true),
+            Tolerance::Relative(1.0)
+        );
+        assert_eq!(
+            t.for_metric("latency-p50-ratio", true),
+            Tolerance::Relative(1.0)
+        );
+        assert_eq!(
+            t.for_metric("owner-accuracy", false),
+            Tolerance::Absolute(0.02)
+        );
+        assert_eq!(
+            t.for_metric("model-bytes", false),
+            Tolerance::Relative(0.25)
+        );
         let d = Tolerances::default();
-        assert_eq!(d.for_metric("fidelity"), Tolerance::Absolute(0.02));
-        assert_eq!(d.for_metric("theft-gain"), Tolerance::Absolute(0.02));
-        assert_eq!(d.for_metric("model-bytes"), Tolerance::Relative(0.25));
+        assert_eq!(d.for_metric("fidelity", false), Tolerance::Absolute(0.02));
+        assert_eq!(d.for_metric("theft-gain", false), Tolerance::Absolute(0.02));
+        assert_eq!(
+            d.for_metric("model-bytes", false),
+            Tolerance::Relative(0.25)
+        );
         for psnr in [
             "owner-psnr",
             "level-psnr:level-0",
             "noisy-psnr",
             "owner-psnr-loss",
         ] {
-            assert_eq!(d.for_metric(psnr), Tolerance::Absolute(0.5), "{psnr}");
+            assert_eq!(
+                d.for_metric(psnr, false),
+                Tolerance::Absolute(0.5),
+                "{psnr}"
+            );
         }
     }
 
@@ -531,24 +557,62 @@ mod tests {
     }
 
     #[test]
-    fn every_metric_in_seconds_or_milliseconds_is_a_timing() {
-        for m in [
-            "encrypt-seconds",
-            "latency-ms-p50",
-            "latency-p99-ratio",
-            "hook-overhead-ms-p50",
-            "latency-no-hook-ms-p50",
-        ] {
-            assert!(is_timing(m), "{m}");
-        }
+    fn only_rows_marked_timing_are_compared_as_timings() {
+        // A value in seconds that its measurer did not mark as a timing is gated as a value: no
+        // noise floor, no `timing=` tolerance.
+        let mut marked = rec("protect-seconds", 1e-4, false, 0);
+        let mut unmarked = marked.clone();
+        unmarked.timing = Some(false);
+        let slower = |r: &Record| Record {
+            value: 0.3,
+            ..r.clone()
+        };
+        let rows = compare(
+            &[unmarked.clone()],
+            &[slower(&unmarked)],
+            &Tolerances::default(),
+        );
+        assert_eq!(rows[0].verdict, Verdict::Regressed);
+        marked.timing = Some(true);
+        let rows = compare(
+            &[marked.clone()],
+            &[slower(&marked)],
+            &Tolerances::default(),
+        );
+        assert_eq!(rows[0].verdict, Verdict::Ok);
+        // Rows of older logs carry no mark: their names decide.
+        marked.timing = None;
+        assert!(marked.is_timing());
         for m in [
             "owner-accuracy",
             "msd-fidelity",
             "queries-used",
             "password-bytes",
         ] {
-            assert!(!is_timing(m), "{m}");
+            assert!(
+                !Record {
+                    metric: m.into(),
+                    timing: None,
+                    ..marked.clone()
+                }
+                .is_timing()
+            );
         }
+    }
+
+    #[test]
+    fn paired_latency_ratios_have_a_small_noise_floor() {
+        let base = vec![rec("latency-ratio", 1.0, false, 0)];
+        let verdict = |v: f64| {
+            compare(
+                &base,
+                &[rec("latency-ratio", v, false, 0)],
+                &Tolerances::parse(&["timing=0".into()]).unwrap(),
+            )[0]
+            .verdict
+        };
+        assert_eq!(verdict(1.08), Verdict::Ok);
+        assert_eq!(verdict(1.2), Verdict::Regressed);
     }
 
     #[test]
@@ -564,34 +628,5 @@ mod tests {
         };
         assert_eq!(verdict(0.3), Verdict::Ok, "within the 0.5 s noise floor");
         assert_eq!(verdict(0.7), Verdict::Regressed, "beyond it");
-    }
-
-    #[test]
-    fn p99_latency_ratios_regress_only_beyond_their_noise_floor() {
-        // p99 latencies (ms) of `none` and of an output perturbation; the ratio is derived.
-        let run = |none: f64, other: f64| {
-            let mut o = rec("latency-ms-p99", other, false, 0);
-            o.defence = "none+top1-label".into();
-            vec![rec("latency-ms-p99", none, false, 0), o]
-        };
-        // The smoke gate's tolerances: timing metrics within 1000 % of the base.
-        let smoke = Tolerances::parse(&["timing=1000%".into()]).unwrap();
-        let verdict = |none: f64, other: f64| {
-            compare(&run(8.76, 1.52), &run(none, other), &smoke)
-                .into_iter()
-                .find(|r| r.defence == "none+top1-label" && r.metric == "latency-p99-ratio")
-                .map(|r| r.verdict)
-        };
-        // Base ratio 0.17: 1000 % of it allows 1.7, the floor 3.
-        assert_eq!(
-            verdict(3.10, 9.0),
-            Some(Verdict::Ok),
-            "ratio 2.9: a noisy tail"
-        );
-        assert_eq!(
-            verdict(1.0, 4.0),
-            Some(Verdict::Regressed),
-            "a tail 4x none's"
-        );
     }
 }

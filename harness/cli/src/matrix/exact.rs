@@ -3,7 +3,7 @@
 //! run only is a difference too. It is the tool for "this change alters no result" and "this
 //! machine reproduces the baseline"; the tolerance gate answers "did anything get worse".
 //!
-//! Timing metrics ([`super::compare::is_timing`]) move with the machine and are left out. Derived
+//! Timing metrics ([`Record::is_timing`]) move with the machine and are left out. Derived
 //! metrics are functions of the measured ones and are left out too (they differ exactly when a
 //! measured value does). Both runs are read as the latest state of each cell.
 
@@ -14,7 +14,7 @@ use serde::Serialize;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use super::compare::{is_derived, is_timing};
+use super::compare::is_derived;
 use super::records::Record;
 
 /// How one (cell, seed, metric) differs.
@@ -68,7 +68,7 @@ pub struct ExactOutcome {
 fn values(records: &[Record]) -> BTreeMap<(String, String), f64> {
     records
         .iter()
-        .filter(|r| !is_timing(&r.metric) && !is_derived(&r.metric))
+        .filter(|r| !r.is_timing() && !is_derived(&r.metric))
         .map(|r| {
             let metric = if r.is_error() {
                 "error".to_string()

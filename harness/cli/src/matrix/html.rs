@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use super::records::Record;
+use super::records::{ANY_DEFENCE, NO_ATTACK, Record};
 use super::report::{group, mean_ci, table_rows};
 
 const W: u32 = 760;
@@ -29,8 +29,8 @@ pub fn render(
     page.push_str(
         "<p>Owner accuracy is top-1 on the test split (for a denoiser: the mean per-image PSNR \
          of its output on the noisy test images, in dB, then that of the noisy input); p50 is \
-         batch-1 latency in ms (ratio to \
-         <code>none</code>). For each attack: the attacker's test accuracy, fidelity (top-1 \
+         batch-1 latency in ms (in brackets: the median ratio to the unprotected victim, both \
+         timed in the same interleaved rounds). For each attack: the attacker's test accuracy, fidelity (top-1 \
          agreement with the owner's model) and theft gain (accuracy minus the no-theft reference \
          trained on the attacker's data alone). Means over seeds, ±95% interval when there are \
          several. Every number comes from the records of this run (<code>records.jsonl</code>).</p>\n",
@@ -194,21 +194,21 @@ fn draw(f: impl FnOnce(&mut String) -> Result<(), Box<dyn std::error::Error>>) -
 
 fn attack_bars(records: &[Record]) -> Plot {
     let defences = ordered(records, |r| {
-        (r.defence != "*" && r.metric == "attacker-accuracy").then(|| r.defence.clone())
+        (r.defence != ANY_DEFENCE && r.metric == "attacker-accuracy").then(|| r.defence.clone())
     });
     let attacks = ordered(records, |r| {
-        (r.defence != "*" && r.metric == "attacker-accuracy").then(|| r.attack.clone())
+        (r.defence != ANY_DEFENCE && r.metric == "attacker-accuracy").then(|| r.attack.clone())
     });
     if defences.is_empty() || attacks.is_empty() {
         return None;
     }
     let scratch: Vec<f64> = ordered(records, |r| {
-        (r.defence == "*" && r.metric == "attacker-accuracy").then(|| r.attack.clone())
+        (r.defence == ANY_DEFENCE && r.metric == "attacker-accuracy").then(|| r.attack.clone())
     })
     .iter()
-    .filter_map(|a| mean_of(records, "*", a, "attacker-accuracy"))
+    .filter_map(|a| mean_of(records, ANY_DEFENCE, a, "attacker-accuracy"))
     .collect();
-    let owner = mean_of(records, "none", "-", "owner-accuracy");
+    let owner = mean_of(records, "none", NO_ATTACK, "owner-accuracy");
     draw(|svg| {
         let root = SVGBackend::with_string(svg, (W, H)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -352,7 +352,7 @@ impl LevelMeasure {
 fn level_curves(records: &[Record], measure: LevelMeasure) -> Plot {
     let mut series: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     for ((_, _, defence, attack, metric), v) in &group(records) {
-        if attack != "-" {
+        if attack != NO_ATTACK {
             continue;
         }
         if let Some(level) = metric.strip_prefix(measure.level_prefix()) {
@@ -367,14 +367,14 @@ fn level_curves(records: &[Record], measure: LevelMeasure) -> Plot {
     }
     // Full access (the owner) closes each curve.
     for (d, pts) in series.iter_mut() {
-        if let Some(acc) = mean_of(records, d, "-", measure.owner_metric()) {
+        if let Some(acc) = mean_of(records, d, NO_ATTACK, measure.owner_metric()) {
             pts.push(("full".into(), acc));
         }
     }
     let n = series.values().map(Vec::len).max().unwrap_or(1).max(2);
     // The noisy input's PSNR: what a denoiser must beat to be of any use.
     let reference = match measure {
-        LevelMeasure::Psnr => mean_of(records, "none", "-", "noisy-psnr").or_else(|| {
+        LevelMeasure::Psnr => mean_of(records, "none", NO_ATTACK, "noisy-psnr").or_else(|| {
             records
                 .iter()
                 .find(|r| r.status == "ok" && r.metric == "noisy-psnr")
@@ -450,7 +450,7 @@ fn level_curves(records: &[Record], measure: LevelMeasure) -> Plot {
 
 fn latency_bars(records: &[Record]) -> Plot {
     let defences = ordered(records, |r| {
-        (r.attack == "-" && r.metric == "latency-ms-p50").then(|| r.defence.clone())
+        (r.attack == NO_ATTACK && r.metric == "latency-ms-p50").then(|| r.defence.clone())
     });
     if defences.is_empty() {
         return None;
@@ -459,8 +459,8 @@ fn latency_bars(records: &[Record]) -> Plot {
         .iter()
         .map(|d| {
             (
-                mean_of(records, d, "-", "latency-ms-p50").unwrap_or(0.0),
-                mean_of(records, d, "-", "latency-ms-p99").unwrap_or(0.0),
+                mean_of(records, d, NO_ATTACK, "latency-ms-p50").unwrap_or(0.0),
+                mean_of(records, d, NO_ATTACK, "latency-ms-p99").unwrap_or(0.0),
             )
         })
         .collect();
@@ -524,6 +524,7 @@ mod tests {
             config_hash: "h".into(),
             git: "g".into(),
             cell_rows: 0,
+            timing: None,
         }
     }
 

@@ -1,14 +1,13 @@
 //! Expands a matrix file into cells and validates every id and every defence x attack pair
 //! before anything trains.
 
+use super::cell::{ANY_DEFENCE, Cell, Job, VictimKey};
+use super::config::MatrixFile;
+use crate::exit::UsageError;
 use anyhow::bail;
 use harness_core::protect::{
     Attack, Budget, Defence, OutputMode, Perturbation, Registry, Requirement, Theft,
 };
-use sha2::{Digest, Sha256};
-
-use super::config::MatrixFile;
-use crate::exit::UsageError;
 
 /// A defence entry of the axis, resolved.
 pub struct DefenceEntry {
@@ -44,52 +43,14 @@ impl AttackEntry {
     }
 }
 
-/// One cell: a victim (dataset, model, seed) under one defence and one attack.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct CellKey {
-    /// Dataset id.
-    pub dataset: String,
-    /// Model id.
-    pub model: String,
-    /// Seed.
-    pub seed: u64,
-    /// Defence entry name (`*` for attacks that need no exposure: they do not depend on it).
-    pub defence: String,
-    /// Attack entry name (`-` for the defence's own rows: accuracy and overhead).
-    pub attack: String,
-}
-
-impl CellKey {
-    /// A stable string for shard assignment and resume.
-    pub fn id(&self) -> String {
-        format!(
-            "{}/{}/{}/{}/{}",
-            self.dataset, self.model, self.seed, self.defence, self.attack
-        )
-    }
-
-    /// The victim this cell attacks: cells of one victim share its training.
-    pub fn victim(&self) -> (String, String, u64) {
-        (self.dataset.clone(), self.model.clone(), self.seed)
-    }
-
-    /// Whether this cell belongs to shard `i` of `n` by a hash of its id (deterministic,
-    /// balanced on average). Used when a matrix has fewer victims than shards.
-    fn in_shard_by_hash(&self, i: usize, n: usize) -> bool {
-        let h = Sha256::digest(self.id().as_bytes());
-        let v = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
-        (v % n as u64) as usize == i
-    }
-}
-
 /// The validated plan.
 pub struct Plan {
     /// Defence entries by axis order.
     pub defences: Vec<DefenceEntry>,
     /// Attack entries by axis order.
     pub attacks: Vec<AttackEntry>,
-    /// Every cell, in a stable order.
-    pub cells: Vec<CellKey>,
+    /// Every cell, in a stable order (by [`super::cell::CellKey`]).
+    pub cells: Vec<Cell>,
 }
 
 /// Perturbation suffixes a defence entry may carry after `+`, with their arguments checked:
@@ -211,19 +172,18 @@ impl Plan {
     /// seed), whole victims are dealt round-robin in plan order, so each victim trains on one
     /// machine only; otherwise cells are spread by a hash of their id. Either way the shards
     /// partition the matrix and depend only on the plan, so every machine computes the same split.
-    pub fn shard(&self, i: usize, n: usize) -> Vec<&CellKey> {
-        let mut victims: Vec<(String, String, u64)> =
-            self.cells.iter().map(CellKey::victim).collect();
+    pub fn shard(&self, i: usize, n: usize) -> Vec<&Cell> {
+        let mut victims: Vec<&VictimKey> = self.cells.iter().map(|c| &c.victim).collect();
         victims.dedup();
         if n > 1 && victims.len() >= n {
             self.cells
                 .iter()
-                .filter(|c| victims.iter().position(|v| *v == c.victim()).unwrap_or(0) % n == i)
+                .filter(|c| victims.iter().position(|v| **v == c.victim).unwrap_or(0) % n == i)
                 .collect()
         } else {
             self.cells
                 .iter()
-                .filter(|c| c.in_shard_by_hash(i, n))
+                .filter(|c| c.key.in_shard_by_hash(i, n))
                 .collect()
         }
     }
@@ -429,86 +389,90 @@ impl Plan {
             });
         }
 
+        let mut jobs = Vec::new();
+        for (di, _) in defences.iter().enumerate() {
+            jobs.push(Job::Reference { defence: di });
+        }
+        for (ai, a) in attacks.iter().enumerate() {
+            if a.attack.requires() == Requirement::Nothing {
+                jobs.push(Job::Unexposed { attack: ai });
+                // Independent models are also the null cases of ownership verifiers.
+                for (di, _) in defences.iter().enumerate().filter(|(_, d)| {
+                    d.defence.capabilities().verifies_ownership && a.runs_against(d)
+                }) {
+                    jobs.push(Job::Attack {
+                        defence: di,
+                        attack: ai,
+                    });
+                }
+                continue;
+            }
+            if let Some(target) = a.attack.targets()
+                && !defences
+                    .iter()
+                    .any(|d| d.defence.capabilities().disclosure == target)
+            {
+                bail!(UsageError(format!(
+                    "attack `{}` is an adaptive attack on `{target}` (it reads the public \
+                     description a `{target}` defence publishes), and no defence in the \
+                     matrix publishes one; add `{target}` to axes.defences or remove \
+                     the attack",
+                    a.name
+                )));
+            }
+            for (di, d) in defences.iter().enumerate() {
+                let caps = d.defence.capabilities();
+                if a.attack.targets().is_some_and(|t| t != caps.disclosure) || !a.runs_against(d) {
+                    continue;
+                }
+                // Output perturbations act on the oracle only: a white-box attack on
+                // `base+perturbation` is the same run as on `base`; run it once.
+                let base = d.name.split('+').next().unwrap_or_default();
+                let white_box = matches!(
+                    a.attack.requires(),
+                    Requirement::Weights | Requirement::Parts
+                );
+                if white_box && base != d.name && defences.iter().any(|o| o.name == base) {
+                    continue;
+                }
+                if !a.attack.requires().met_by(caps.theft) {
+                    let (needs, has) = match caps.theft {
+                        Theft::Parts => (
+                            "the whole stolen model",
+                            "lets a thief take some stages only",
+                        ),
+                        _ => ("stolen weights", "keeps them out of reach"),
+                    };
+                    bail!(UsageError(format!(
+                        "attack `{}` needs {needs}, but defence `{}` {has}; remove the pair \
+                         from the matrix",
+                        a.name, d.name
+                    )));
+                }
+                jobs.push(Job::Attack {
+                    defence: di,
+                    attack: ai,
+                });
+            }
+        }
         let mut cells = Vec::new();
         for dataset in &m.axes.datasets {
             for model in &m.axes.models {
                 for &seed in &m.axes.seeds {
-                    let key = |defence: &str, attack: &str| CellKey {
+                    let victim = VictimKey {
                         dataset: dataset.clone(),
                         model: model.clone(),
                         seed,
-                        defence: defence.to_string(),
-                        attack: attack.to_string(),
                     };
-                    for d in &defences {
-                        cells.push(key(&d.name, "-"));
-                    }
-                    for a in &attacks {
-                        if a.attack.requires() == Requirement::Nothing {
-                            cells.push(key("*", &a.name));
-                            // Independent models are also the null cases of ownership verifiers.
-                            for d in defences.iter().filter(|d| {
-                                d.defence.capabilities().verifies_ownership && a.runs_against(d)
-                            }) {
-                                cells.push(key(&d.name, &a.name));
-                            }
-                            continue;
-                        }
-                        if let Some(target) = a.attack.targets()
-                            && !defences
-                                .iter()
-                                .any(|d| d.defence.capabilities().disclosure == target)
-                        {
-                            bail!(UsageError(format!(
-                                "attack `{}` is an adaptive attack on `{target}` (it reads the public \
-                                 description a `{target}` defence publishes), and no defence in the \
-                                 matrix publishes one; add `{target}` to axes.defences or remove \
-                                 the attack",
-                                a.name
-                            )));
-                        }
-                        for d in &defences {
-                            let caps = d.defence.capabilities();
-                            if a.attack.targets().is_some_and(|t| t != caps.disclosure)
-                                || !a.runs_against(d)
-                            {
-                                continue;
-                            }
-                            // Output perturbations act on the oracle only: a white-box attack on
-                            // `base+perturbation` is the same run as on `base`; run it once.
-                            let base = d.name.split('+').next().unwrap_or_default();
-                            let white_box = matches!(
-                                a.attack.requires(),
-                                Requirement::Weights | Requirement::Parts
-                            );
-                            if white_box
-                                && base != d.name
-                                && defences.iter().any(|o| o.name == base)
-                            {
-                                continue;
-                            }
-                            if !a.attack.requires().met_by(caps.theft) {
-                                let (needs, has) = match caps.theft {
-                                    Theft::Parts => (
-                                        "the whole stolen model",
-                                        "lets a thief take some stages only",
-                                    ),
-                                    _ => ("stolen weights", "keeps them out of reach"),
-                                };
-                                bail!(UsageError(format!(
-                                    "attack `{}` needs {needs}, but defence `{}` {has}; remove the \
-                                     pair from the matrix",
-                                    a.name, d.name
-                                )));
-                            }
-                            cells.push(key(&d.name, &a.name));
-                        }
-                    }
+                    cells.extend(
+                        jobs.iter()
+                            .map(|&job| Cell::new(&victim, job, &defences, &attacks)),
+                    );
                 }
             }
         }
-        cells.sort();
-        cells.dedup();
+        cells.sort_by(|a, b| a.key.cmp(&b.key));
+        cells.dedup_by(|a, b| a.key == b.key);
         check_every_attack_has_cells(&defences, &attacks, &cells)?;
         Ok(Self {
             defences,
@@ -531,13 +495,13 @@ fn config_message(e: harness_core::Error) -> String {
 fn check_every_attack_has_cells(
     defences: &[DefenceEntry],
     attacks: &[AttackEntry],
-    cells: &[CellKey],
+    cells: &[Cell],
 ) -> anyhow::Result<()> {
     for a in attacks {
         let has = |defence: &str| {
             cells
                 .iter()
-                .any(|c| c.attack == a.name && c.defence == defence)
+                .any(|c| c.key.attack == a.name && c.key.defence == defence)
         };
         for d in defences
             .iter()
@@ -549,7 +513,7 @@ fn check_every_attack_has_cells(
             let base = d.name.split('+').next().unwrap_or_default();
             let why = match (a.attack.requires(), a.attack.targets()) {
                 (Requirement::Nothing, _) => format!(
-                    "`{}` needs no exposure: it runs once per victim (defence `*`), and against a \
+                    "`{}` needs no exposure: it runs once per victim (defence `{ANY_DEFENCE}`), and against a \
                      defence entry only when that defence verifies ownership, which `{}` does not",
                     a.name, d.name
                 ),
@@ -569,7 +533,7 @@ fn check_every_attack_has_cells(
                 a.name, d.name
             )));
         }
-        if !cells.iter().any(|c| c.attack == a.name) {
+        if !cells.iter().any(|c| c.key.attack == a.name) {
             bail!(UsageError(format!(
                 "attack `{}` has no cell in the matrix (no defence entry it can run against); \
                  remove it or add a defence it runs against",
@@ -666,7 +630,7 @@ mod tests {
     fn cells(plan: &Plan) -> Vec<(String, String)> {
         plan.cells
             .iter()
-            .map(|c| (c.defence.clone(), c.attack.clone()))
+            .map(|c| (c.key.defence.clone(), c.key.attack.clone()))
             .collect()
     }
 
@@ -699,16 +663,16 @@ mod tests {
         let plan = Plan::new(&m, &d, &a).unwrap();
         for n in 1..=5 {
             let mut all: Vec<String> = (0..n)
-                .flat_map(|i| plan.shard(i, n).into_iter().map(CellKey::id))
+                .flat_map(|i| plan.shard(i, n).into_iter().map(Cell::id))
                 .collect();
             all.sort();
-            let mut want: Vec<String> = plan.cells.iter().map(CellKey::id).collect();
+            let mut want: Vec<String> = plan.cells.iter().map(Cell::id).collect();
             want.sort();
             assert_eq!(all, want, "{n} shards must cover every cell exactly once");
         }
         // Three victims over three shards: each shard holds exactly one victim.
         for i in 0..3 {
-            let mut victims: Vec<_> = plan.shard(i, 3).iter().map(|c| c.victim()).collect();
+            let mut victims: Vec<_> = plan.shard(i, 3).iter().map(|c| c.victim.clone()).collect();
             victims.dedup();
             assert_eq!(victims.len(), 1, "shard {i}: {victims:?}");
         }

@@ -20,9 +20,18 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 /// Version of the record schema, written to `run.json` as `records_schema`. 1: `error` only on
-/// error rows, no `cell_rows`; 2: every column on every row and `cell_rows`. Version 1 logs are
-/// still read (each row counts as complete; a cell's rows are those it appended in one run).
-pub const SCHEMA_VERSION: u32 = 2;
+/// error rows, no `cell_rows`; 2: every column on every row and `cell_rows`; 3: `timing` on every
+/// row. Older logs are still read (a version 1 row counts as complete, a cell's rows being those
+/// it appended in one run; a row without `timing` is a timing when its name says so, see
+/// [`Record::is_timing`]).
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The `defence` of a cell whose attack needs no exposure: it runs once per victim, whatever the
+/// defence (the no-theft reference).
+pub const ANY_DEFENCE: &str = "*";
+
+/// The `attack` of a defence's own cell: the owner's accuracy, the overhead, the access levels.
+pub const NO_ATTACK: &str = "-";
 
 /// Where the bytes a repair set aside go, beside the log.
 pub const TORN_FILE: &str = "records.torn";
@@ -64,6 +73,11 @@ pub struct Record {
     /// last attempt has fewer rows in the log was cut by a crash and runs again.
     #[serde(default)]
     pub cell_rows: u32,
+    /// Whether the value is a time or derived from times (it moves with the machine and its
+    /// load, so gates compare it loosely and `compare --exact` leaves it out). Set by whoever
+    /// measured it; absent (`None`) in logs older than schema 3.
+    #[serde(default)]
+    pub timing: Option<bool>,
 }
 
 impl Record {
@@ -79,6 +93,22 @@ impl Record {
     pub fn is_error(&self) -> bool {
         self.status != "ok"
     }
+
+    /// Whether the value is a timing: as marked when it was measured, or, for rows written
+    /// before the mark existed, as the name says ([`named_like_a_timing`]).
+    pub fn is_timing(&self) -> bool {
+        self.timing
+            .unwrap_or_else(|| named_like_a_timing(&self.metric))
+    }
+}
+
+/// How logs older than schema 3 tell a timing: a metric in seconds or milliseconds
+/// (`encrypt-seconds`, `latency-ms-p50`, EdgePro's `hook-overhead-ms-p50`) or named a latency.
+pub fn named_like_a_timing(metric: &str) -> bool {
+    metric.contains("seconds")
+        || metric.contains("latency")
+        || metric.contains("-ms-")
+        || metric.ends_with("-ms")
 }
 
 /// Reads a value written by serde_json, which writes non-finite numbers as `null`: without this

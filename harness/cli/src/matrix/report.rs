@@ -3,13 +3,11 @@
 //! values are means over seeds with a 95% interval when there are several.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use anyhow::Context;
 use tabled::builder::Builder;
 use tabled::settings::Style;
 
-use super::records::Record;
+use super::records::{ANY_DEFENCE, NO_ATTACK, Record};
 
 /// Mean and half-width of the 95% confidence interval (Student t) of a sample.
 pub fn mean_ci(values: &[f64]) -> (f64, f64) {
@@ -51,8 +49,9 @@ pub(crate) fn group(records: &[Record]) -> BTreeMap<Key, Vec<f64>> {
 }
 
 /// Adds derived rows: theft gain (attacker accuracy minus the scratch reference of the same
-/// dataset, model and seed), the owner's accuracy loss and overhead ratios against the `none`
-/// defence.
+/// dataset, model and seed), the owner's accuracy loss and the size ratio against the `none`
+/// defence. Latency ratios are not derived: two latencies timed apart differ by the machine's
+/// drift, so the runner measures a paired `latency-ratio` instead.
 pub fn derive(records: &[Record]) -> Vec<Record> {
     let mut out = Vec::new();
     let find = |r: &Record, defence: &str, attack: &str, metric: &str| {
@@ -71,13 +70,13 @@ pub fn derive(records: &[Record]) -> Vec<Record> {
     };
     let scratch_attack = records
         .iter()
-        .find(|r| r.defence == "*" && r.metric == "attacker-accuracy")
+        .find(|r| r.defence == ANY_DEFENCE && r.metric == "attacker-accuracy")
         .map(|r| r.attack.clone());
     for r in records.iter().filter(|r| r.status == "ok") {
         if r.metric == "attacker-accuracy"
-            && r.defence != "*"
+            && r.defence != ANY_DEFENCE
             && let Some(sa) = &scratch_attack
-            && let Some(base) = find(r, "*", sa, "attacker-accuracy")
+            && let Some(base) = find(r, ANY_DEFENCE, sa, "attacker-accuracy")
         {
             out.push(Record {
                 metric: "theft-gain".into(),
@@ -93,9 +92,9 @@ pub fn derive(records: &[Record]) -> Vec<Record> {
             ("owner-psnr", "owner-psnr-loss"),
         ] {
             if r.metric == metric
-                && r.attack == "-"
+                && r.attack == NO_ATTACK
                 && r.defence != "none"
-                && let Some(base) = find(r, "none", "-", metric)
+                && let Some(base) = find(r, "none", NO_ATTACK, metric)
             {
                 out.push(Record {
                     metric: loss.into(),
@@ -105,19 +104,13 @@ pub fn derive(records: &[Record]) -> Vec<Record> {
                 });
             }
         }
-        let ratio_of = match r.metric.as_str() {
-            "latency-ms-p50" => Some("latency-p50-ratio"),
-            "latency-ms-p99" => Some("latency-p99-ratio"),
-            "model-bytes" => Some("model-bytes-ratio"),
-            _ => None,
-        };
-        if let Some(name) = ratio_of
-            && r.attack == "-"
-            && let Some(base) = find(r, "none", "-", &r.metric)
+        if r.metric == "model-bytes"
+            && r.attack == NO_ATTACK
+            && let Some(base) = find(r, "none", NO_ATTACK, &r.metric)
             && base > 0.0
         {
             out.push(Record {
-                metric: name.into(),
+                metric: "model-bytes-ratio".into(),
                 value: r.value / base,
                 higher_is_better: false,
                 ..r.clone()
@@ -161,11 +154,11 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
     let mut attacks: Vec<String> = Vec::new();
     let mut victims: Vec<(String, String, String)> = Vec::new();
     for r in records {
-        if r.attack != "-" && r.defence != "*" && !attacks.contains(&r.attack) {
+        if r.attack != NO_ATTACK && r.defence != ANY_DEFENCE && !attacks.contains(&r.attack) {
             attacks.push(r.attack.clone());
         }
         let v = (r.dataset.clone(), r.model.clone(), r.defence.clone());
-        if r.defence != "*" && !victims.contains(&v) {
+        if r.defence != ANY_DEFENCE && !victims.contains(&v) {
             victims.push(v);
         }
     }
@@ -219,24 +212,24 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
             )
         };
         // A denoiser's owner column is its PSNR, with the noisy input's for reference.
-        let owner = if !g.contains_key(&k("-", "owner-accuracy"))
-            && g.contains_key(&k("-", "owner-psnr"))
+        let owner = if !g.contains_key(&k(NO_ATTACK, "owner-accuracy"))
+            && g.contains_key(&k(NO_ATTACK, "owner-psnr"))
         {
             format!(
                 "psnr {} dB ({} dB)",
-                cell(&g, k("-", "owner-psnr"), 2),
-                cell(&g, k("-", "noisy-psnr"), 2)
+                cell(&g, k(NO_ATTACK, "owner-psnr"), 2),
+                cell(&g, k(NO_ATTACK, "noisy-psnr"), 2)
             )
-        } else if is_failed(d, m, def, "-") {
+        } else if is_failed(d, m, def, NO_ATTACK) {
             "failed".into()
         } else {
-            cell(&g, k("-", "owner-accuracy"), 4)
+            cell(&g, k(NO_ATTACK, "owner-accuracy"), 4)
         };
         let mut row = vec![d.clone(), m.clone(), def.clone(), owner];
         row.push(format!(
             "{} ({})",
-            cell(&g, k("-", "latency-ms-p50"), 2),
-            cell(&g, k("-", "latency-p50-ratio"), 2)
+            cell(&g, k(NO_ATTACK, "latency-ms-p50"), 2),
+            cell(&g, k(NO_ATTACK, "latency-ratio"), 2)
         ));
         let base = def.split('+').next().unwrap_or_default();
         for a in &attacks {
@@ -268,7 +261,9 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
         if has_levels {
             let levels: Vec<String> = g
                 .iter()
-                .filter(|(key, _)| key.0 == *d && key.1 == *m && key.2 == *def && key.3 == "-")
+                .filter(|(key, _)| {
+                    key.0 == *d && key.1 == *m && key.2 == *def && key.3 == NO_ATTACK
+                })
                 .filter_map(|(key, v)| {
                     if let Some(name) = key.4.strip_prefix("level-psnr:") {
                         return Some(format!("{name} {:.2} dB", mean_ci(v).0));
@@ -304,7 +299,7 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
     }
     // No-theft references (attacks that need no exposure).
     let mut refs: Vec<(String, String, String)> = Vec::new();
-    for r in records.iter().filter(|r| r.defence == "*") {
+    for r in records.iter().filter(|r| r.defence == ANY_DEFENCE) {
         let v = (r.dataset.clone(), r.model.clone(), r.attack.clone());
         if !refs.contains(&v) {
             refs.push(v);
@@ -312,10 +307,14 @@ pub(crate) fn table_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) 
     }
     for (d, m, a) in refs {
         let mut row = vec![d.clone(), m.clone(), format!("({a}: no theft)")];
-        row.push(if is_failed(&d, &m, "*", &a) {
+        row.push(if is_failed(&d, &m, ANY_DEFENCE, &a) {
             "failed".into()
         } else {
-            cell(&g, (d, m, "*".into(), a, "attacker-accuracy".into()), 4)
+            cell(
+                &g,
+                (d, m, ANY_DEFENCE.into(), a, "attacker-accuracy".into()),
+                4,
+            )
         });
         row.resize(header.len(), String::new());
         rows.push(row);
@@ -341,7 +340,8 @@ pub fn markdown(records: &[Record], title: &str, errors: &[&Record]) -> String {
     s.push_str(
         "Owner accuracy is top-1 on the test split (for a denoiser: mean per-image PSNR in dB of \
          its output on the noisy test images, then that of the noisy input itself); p50 is \
-         batch-1 latency in ms (ratio to `none`). \
+         batch-1 latency in ms (in brackets: the median ratio to the unprotected victim, both \
+         timed in the same interleaved rounds). \
          For each attack: the attacker's test accuracy, fidelity (top-1 agreement with the owner's \
          model), and theft gain (accuracy minus the no-theft reference trained on the attacker's \
          data alone). Means over seeds, ±95% interval when there are several. `as none`: \
@@ -370,27 +370,6 @@ pub fn with_derived(measured: &[Record]) -> Vec<Record> {
     let mut all = measured.to_vec();
     all.extend(derive(measured));
     all
-}
-
-/// Writes every report of a run folder from the latest state of its cells (`measured`, without
-/// derived rows): `records.csv`, `summary.md` (with the failed cells and their causes) and
-/// `report.html` (with the run's metadata). `run` and `merge` both write through here. Returns
-/// the error rows.
-pub fn write_all(
-    dir: &Path,
-    title: &str,
-    meta_json: &str,
-    measured: &[Record],
-) -> anyhow::Result<Vec<Record>> {
-    let errors: Vec<Record> = measured.iter().filter(|r| r.is_error()).cloned().collect();
-    let records = with_derived(measured);
-    write_csv(&dir.join("records.csv"), &records)?;
-    let error_refs: Vec<&Record> = errors.iter().collect();
-    let md = markdown(&records, title, &error_refs);
-    harness_core::atomic_file::write_atomically(&dir.join("summary.md"), md.as_bytes())?;
-    let html = super::html::render(&records, title, Some(meta_json), &error_refs);
-    harness_core::atomic_file::write_atomically(&dir.join("report.html"), html.as_bytes())?;
-    Ok(errors)
 }
 
 /// Why cells failed, for the terminal: cells grouped by cause (a missing dataset fails every
@@ -430,17 +409,6 @@ pub fn failure_causes(errors: &[Record]) -> String {
     s
 }
 
-/// Writes `records.csv` (all rows, derived ones included).
-pub fn write_csv(path: &Path, records: &[Record]) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in records {
-        w.serialize(r)?;
-    }
-    let bytes = w.into_inner().context("failed to finish the CSV")?;
-    harness_core::atomic_file::write_atomically(path, &bytes)
-        .with_context(|| format!("failed to write {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,28 +439,6 @@ mod tests {
             error: error.into(),
             ..Record::default()
         }
-    }
-
-    #[test]
-    fn a_run_with_failed_and_passed_cells_writes_a_csv_of_one_width() {
-        let dir = tempfile::tempdir().unwrap();
-        let rows = vec![
-            rec("none", "ok", ""),
-            rec("edgepro", "error", "dataset not found"),
-        ];
-        let errors = write_all(dir.path(), "t", "{}", &rows).unwrap();
-        assert_eq!(errors.len(), 1);
-        let mut reader = csv::Reader::from_path(dir.path().join("records.csv")).unwrap();
-        let width = reader.headers().unwrap().len();
-        let widths: Vec<usize> = reader.records().map(|r| r.unwrap().len()).collect();
-        assert_eq!(widths, vec![width, width]);
-        let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
-        assert!(md.contains("dataset not found"), "{md}");
-        assert!(
-            md.contains("| failed |"),
-            "the table marks the failed cell: {md}"
-        );
-        assert!(dir.path().join("report.html").is_file());
     }
 
     #[test]

@@ -1,36 +1,36 @@
-//! Runs a plan: trains each victim once (cached on disk by a hash of what shapes it), protects
-//! it with each defence, attacks each protected model, and appends tidy records cell by cell.
-//! The harness, not the components, measures time, latency and size, so overhead is measured
-//! one way for all.
+//! Runs a plan victim by victim: prepares each victim once ([`super::victims`]), protects it with
+//! each defence once, times every deployment of the victim together, then runs its cells and
+//! appends their records cell by cell. The harness, not the components, measures quality
+//! ([`super::measure`]), time, latency and size, so overhead is measured one way for all.
+//!
+//! Latency: the owner's deployment of every pending defence cell of a victim, each of its
+//! access levels and the unprotected victim itself are timed interleaved in the same rounds at
+//! batch 1 ([`harness_core::latency`]). Each defence cell records its median and p99
+//! (`latency-ms-p50`, `latency-ms-p99`) and its paired ratio to the unprotected victim
+//! (`latency-ratio`, with `latency-ratio-low` / `-high`, the 95% interval of that median): the
+//! `none` defence deploys the victim as is, so its ratio is a live check of the method, within a
+//! few percent of 1. Every timing row is marked `timing`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
-use datasets::augment::Augment;
-use datasets::catalog::{DatasetId, LoadOptions, Normalization};
-use datasets::split::{SplitFractions, disjoint_splits, stratified_subset};
-use datasets::{ImageSet, Split};
-use harness_core::eval_denoise::evaluate_psnr;
+use harness_core::latency::{LatencyPlan, Summary, paired_ratio, time_deployments};
 use harness_core::protect::{
     AttackContext, DefenceContext, Deployed, Exposure, Measure, Oracle, OwnershipVerifier,
-    PlainModel, Protected, Requirement, Victim,
+    Protected, Requirement, Victim,
 };
-use harness_core::train::{
-    CrossEntropy, Denoise, Objective, SgdConfig, TrainConfig, TrainOptions, train,
-};
-use harness_core::{Arch, ModelSpec, ParamStore, Task};
 use indicatif::{ProgressBar, ProgressStyle};
-use sha2::{Digest, Sha256};
 
-use super::config::{MatrixFile, OptimizerKind};
-use super::plan::{CellKey, Plan};
+use super::cell::{Cell, CellKey, Job, VictimKey};
+use super::config::MatrixFile;
+use super::measure::{Probe, probe_for};
+use super::plan::Plan;
 use super::records::{Record, RecordLog};
-
-/// Bumped when the victim cache format or training semantics change.
-const VICTIM_CACHE_VERSION: &str = "victim-v1";
+use super::victims::{Slices, Victims};
 
 /// Everything a run needs besides the plan.
 pub struct RunSettings {
@@ -52,23 +52,6 @@ pub struct RunSettings {
     pub shard: (usize, usize),
 }
 
-/// Loaded data of one dataset and seed.
-struct Slices {
-    owner: ImageSet,
-    attacker: ImageSet,
-    transfer: ImageSet,
-    test: ImageSet,
-    normalization: Normalization,
-}
-
-/// A protected victim with what the harness measured once for all its attack cells.
-struct ProtectedCell {
-    protected: Protected,
-    protect_seconds: f64,
-    /// The owner's predictions on the test set (the reference for fidelity).
-    owner_preds: Vec<u32>,
-}
-
 /// What a run did.
 pub struct Outcome {
     /// Cells run now.
@@ -80,8 +63,8 @@ pub struct Outcome {
 /// Runs every pending cell of the plan in this shard.
 pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<Outcome> {
     let done = log.finished_cells()?;
-    let mine: Vec<&CellKey> = plan.shard(s.shard.0, s.shard.1);
-    let pending: Vec<&CellKey> = mine
+    let mine: Vec<&Cell> = plan.shard(s.shard.0, s.shard.1);
+    let pending: Vec<&Cell> = mine
         .iter()
         .copied()
         .filter(|c| !done.contains(&c.id()))
@@ -89,43 +72,47 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
     let skipped = mine.len() - pending.len();
     let bar = overall_bar(s.progress, mine.len() as u64, skipped as u64);
 
-    // Group by victim (dataset, model, seed), in plan order.
-    let mut groups: BTreeMap<(String, String, u64), Vec<&CellKey>> = BTreeMap::new();
+    // Group by victim, in plan order.
+    let mut groups: BTreeMap<&VictimKey, Vec<&Cell>> = BTreeMap::new();
     for c in &pending {
-        groups
-            .entry((c.dataset.clone(), c.model.clone(), c.seed))
-            .or_default()
-            .push(c);
+        groups.entry(&c.victim).or_default().push(c);
     }
-    let mut data_cache: HashMap<String, (ImageSet, ImageSet)> = HashMap::new();
-    for ((dataset, model, seed), cells) in groups {
-        bar.set_message(format!("{dataset}/{model}/seed {seed}: data"));
-        let prepared =
-            contain_panic(|| prepare_group(s, &mut data_cache, &dataset, &model, seed, &bar));
-        let (slices, victim) = match prepared {
+    let mut victims = Victims::new(s);
+    for (v, cells) in groups {
+        let name = format!("{}/{}/seed {}", v.dataset, v.model, v.seed);
+        bar.set_message(format!("{name}: data"));
+        let (slices, victim) = match contain_panic(|| victims.prepare(v, &bar)) {
             Ok(p) => p,
             Err(e) => {
-                bar.println(format!(
-                    "error: {dataset}/{model}/seed {seed}: {e:#} ({} cells fail)",
-                    cells.len()
-                ));
+                bar.println(format!("error: {name}: {e:#} ({} cells fail)", cells.len()));
                 for c in &cells {
-                    log.append(&[error_row(s, c, &e)])?;
+                    log.append(&[error_row(s, &c.key, &e)])?;
                     bar.inc(1);
                 }
                 continue;
             }
         };
-        let mut protected: HashMap<String, Result<ProtectedCell, String>> = HashMap::new();
+        let mut run = VictimRun::new(s, plan, &slices, &victim, v.seed);
+        let defences: Vec<usize> = cells
+            .iter()
+            .filter_map(|c| match c.job {
+                Job::Reference { defence } => Some(defence),
+                _ => None,
+            })
+            .collect();
+        if !defences.is_empty() {
+            bar.set_message(format!("{name}: protecting and timing"));
+            run.time_deployments(&defences);
+        }
         for cell in cells {
             bar.set_message(cell.id());
-            let rows = contain_panic(|| run_cell(s, plan, cell, &slices, &victim, &mut protected))
+            let rows = contain_panic(|| run.cell(cell))
                 .map_err(|e| e.context(format!("cell {}", cell.id())));
             match rows {
                 Ok(rows) => log.append(&rows)?,
                 Err(e) => {
                     bar.println(format!("error: {e:#}"));
-                    log.append(&[error_row(s, cell, &e)])?;
+                    log.append(&[error_row(s, &cell.key, &e)])?;
                 }
             }
             bar.inc(1);
@@ -168,436 +155,266 @@ fn overall_bar(show: bool, total: u64, done: u64) -> ProgressBar {
     bar
 }
 
-fn load_dataset(
-    s: &RunSettings,
-    cache: &mut HashMap<String, (ImageSet, ImageSet)>,
-    dataset: &str,
-) -> anyhow::Result<(ImageSet, ImageSet)> {
-    if let Some(d) = cache.get(dataset) {
-        return Ok(d.clone());
-    }
-    let id = DatasetId::parse(dataset)?;
-    let opts = LoadOptions {
-        progress: s.progress,
-        ..LoadOptions::default()
-    };
-    let train = datasets::catalog::load(&id, &s.data_dir, Split::Train, &opts)
-        .with_context(|| format!("failed to load {dataset} (train)"))?;
-    let test = datasets::catalog::load(&id, &s.data_dir, Split::Test, &opts)
-        .with_context(|| format!("failed to load {dataset} (test)"))?;
-    cache.insert(dataset.to_string(), (train.clone(), test.clone()));
-    Ok((train, test))
+/// A protected victim with what the harness measured once for all its cells.
+struct ProtectedCell {
+    protected: Protected,
+    protect_seconds: f64,
+    /// The owner's answers on the test set (the reference for fidelity).
+    reference: Vec<u32>,
 }
 
-fn prepare_group(
-    s: &RunSettings,
-    data_cache: &mut HashMap<String, (ImageSet, ImageSet)>,
-    dataset: &str,
-    model: &str,
+/// Batch-1 times (ms) of one defence's deployments and of the unprotected victim, from the
+/// same interleaved rounds.
+struct Timed {
+    owner: Vec<f64>,
+    levels: Vec<Vec<f64>>,
+    unprotected: Arc<Vec<f64>>,
+}
+
+/// The state of one victim while its cells run: the defences applied so far and the latencies.
+struct VictimRun<'a> {
+    s: &'a RunSettings,
+    plan: &'a Plan,
+    data: &'a Slices,
+    victim: &'a Victim,
     seed: u64,
-    bar: &ProgressBar,
-) -> anyhow::Result<(Slices, Victim)> {
-    let m = &s.matrix;
-    let (train_all, test_all) = load_dataset(s, data_cache, dataset)?;
-    let normalization = DatasetId::parse(dataset)?.info().normalization;
-    let train_set = match m.data.train_limit {
-        Some(n) if n < train_all.len() => train_all.select(&stratified_subset(&train_all, n, seed)),
-        _ => train_all,
-    };
-    let test = match m.data.test_limit {
-        Some(n) if n < test_all.len() => test_all.select(&stratified_subset(&test_all, n, seed)),
-        _ => test_all,
-    };
-    let fractions = SplitFractions {
-        owner: m.data.owner,
-        attacker: m.data.attacker,
-        held_out: 0.0,
-    };
-    let splits = disjoint_splits(&train_set, &fractions, seed)?;
-    let owner = train_set.select(&splits.owner);
-    let attacker = train_set.select(&splits.attacker);
-    let transfer = if m.data.transfer == "attacker" {
-        attacker.clone()
-    } else {
-        let (other, _) = load_dataset(s, data_cache, &m.data.transfer)?;
-        let n = attacker.len().min(other.len());
-        other.select(&stratified_subset(&other, n, seed))
-    };
-
-    let arch = Arch::parse(model)?;
-    let spec = ModelSpec::new(arch, owner.num_classes())
-        .with_in_channels(owner.channels)
-        .with_width(if arch.has_width() {
-            m.victim.width
-        } else {
-            1.0
-        });
-    let task = if arch.is_classifier() {
-        Task::Classification
-    } else {
-        Task::Denoising {
-            sigma: m.victim.noise_sigma(),
-        }
-    };
-    let recipe = TrainConfig {
-        epochs: m.victim.epochs,
-        batch_size: m.victim.batch_size,
-        sgd: SgdConfig {
-            lr: m.victim.lr,
-            weight_decay: m.victim.weight_decay,
-            max_grad_norm: m.victim.max_grad_norm,
-            adam: (m.victim.optimizer == Some(OptimizerKind::Adam))
-                .then(harness_core::train::AdamConfig::default),
-            ..SgdConfig::default()
-        },
-        augment: m.victim.augment.then(|| victim_augment(task)),
-        normalization: match task {
-            Task::Classification => Some(normalization),
-            Task::Denoising { .. } => None,
-        },
-        seed,
-        ..TrainConfig::default()
-    };
-    let objective: Box<dyn Objective> = match task {
-        Task::Classification => Box::new(CrossEntropy),
-        Task::Denoising { sigma } => Box::new(Denoise::new(sigma, seed)?),
-    };
-    let params = ParamStore::new(seed, &s.device);
-    let plain = PlainModel::build(spec.clone(), params.clone())?;
-    let key = victim_key(dataset, &spec, &recipe, task, &*objective, s, seed);
-    let cache_dir = s.results_dir.join("cache").join("victims");
-    let cached = cache_dir.join(format!("{key}.safetensors"));
-    // Runs sharing this cache (other matrices, other shards on a shared volume) train a victim
-    // once: whoever comes first trains it, the others wait and load its result.
-    let _trainer = crate::lock::lock_blocking(&cache_dir.join(format!("{key}.lock")), || {
-        bar.println(format!(
-            "victim {dataset}/{model}/seed {seed}: another run is training it; waiting for its \
-             result"
-        ))
-    })?;
-    if cached.exists() && params.load(&cached).is_ok() {
-        bar.println(format!(
-            "victim {dataset}/{model}/seed {seed}: cached ({})",
-            cached.display()
-        ));
-    } else {
-        bar.set_message(format!(
-            "{dataset}/{model}/seed {seed}: training the victim"
-        ));
-        let report = train(
-            &*plain.model,
-            &params,
-            &owner,
-            &recipe,
-            &*objective,
-            &TrainOptions::default(),
-            &s.device,
-        )?;
-        params.save(&cached)?;
-        bar.println(format!(
-            "victim {dataset}/{model}/seed {seed}: trained {} epochs on {} images in {:.0} s",
-            report.history.len(),
-            owner.len(),
-            report.train_seconds
-        ));
-    }
-    Ok((
-        Slices {
-            owner,
-            attacker,
-            transfer,
-            test,
-            normalization,
-        },
-        Victim {
-            model: plain,
-            train: recipe,
-            task,
-        },
-    ))
+    probe: Box<dyn Probe + 'a>,
+    protected: HashMap<usize, Result<ProtectedCell, String>>,
+    timed: HashMap<usize, Result<Timed, String>>,
 }
 
-/// The victim's augmentation when the recipe asks for one.
-///
-/// Choice: denoisers get horizontal flips only. The zero-padded random crop of the CIFAR recipe
-/// would paste black borders into the clean targets; DnCNN augments with flips (and rotations)
-/// of patches, never with padding.
-fn victim_augment(task: Task) -> Augment {
-    match task {
-        Task::Classification => Augment::default(),
-        Task::Denoising { .. } => Augment {
-            crop_padding: 0,
-            horizontal_flip: true,
-        },
-    }
-}
-
-/// Hash of everything that shapes a victim's weights. The task enters the hash only for
-/// denoisers (objective and noise level), so classifier victims keep their cache keys.
-fn victim_key(
-    dataset: &str,
-    spec: &ModelSpec,
-    recipe: &TrainConfig,
-    task: Task,
-    objective: &dyn Objective,
-    s: &RunSettings,
-    seed: u64,
-) -> String {
-    let d = &s.matrix.data;
-    let mut value = serde_json::json!({
-        "version": VICTIM_CACHE_VERSION,
-        "harness": env!("CARGO_PKG_VERSION"),
-        "dataset": dataset,
-        "spec": spec,
-        "recipe": recipe,
-        "train_limit": d.train_limit,
-        "owner": d.owner,
-        "attacker": d.attacker,
-        "seed": seed,
-        "device": crate::device::describe(&s.device),
-    });
-    if let Task::Denoising { sigma } = task {
-        value["objective"] = serde_json::json!(objective.id());
-        value["noise_sigma"] = serde_json::json!(sigma);
-    }
-    let h = Sha256::digest(value.to_string().as_bytes());
-    h.iter().take(12).map(|b| format!("{b:02x}")).collect()
-}
-
-fn run_cell(
-    s: &RunSettings,
-    plan: &Plan,
-    cell: &CellKey,
-    data: &Slices,
-    victim: &Victim,
-    protected: &mut HashMap<String, Result<ProtectedCell, String>>,
-) -> anyhow::Result<Vec<Record>> {
-    let row = |metric: &str, value: f64, higher: bool, secs: f64| Record {
-        run: s.run_id.clone(),
-        dataset: cell.dataset.clone(),
-        model: cell.model.clone(),
-        defence: cell.defence.clone(),
-        attack: cell.attack.clone(),
-        seed: cell.seed,
-        metric: metric.to_string(),
-        value,
-        higher_is_better: higher,
-        status: "ok".into(),
-        error: String::new(),
-        wall_seconds: secs,
-        config_hash: s.config_hash.clone(),
-        git: env!("PROTBENCH_GIT").to_string(),
-        cell_rows: 0,
-    };
-    let mut rows = Vec::new();
-    // Denoisers see pixels / 255 (no normalisation), as they were trained.
-    let norm = match victim.task {
-        Task::Classification => Some(&data.normalization),
-        Task::Denoising { .. } => None,
-    };
-
-    if victim.task != Task::Classification && cell.attack != "-" {
-        anyhow::bail!(
-            "attack `{}` measures accuracy and cannot run on the denoiser `{}`",
-            cell.attack,
-            cell.model
-        );
-    }
-
-    // Attacks that need no exposure do not depend on the defence.
-    if cell.defence == "*" {
-        let entry = plan
-            .attacks
-            .iter()
-            .find(|a| a.name == cell.attack)
-            .context("attack entry vanished from the plan")?;
-        let victim_preds = predict(&victim.model, &data.test, norm, &s.device)?;
-        let ctx = attack_context(s, data, victim);
-        let start = Instant::now();
-        let stolen = entry
-            .attack
-            .run(&ctx, &Exposure::default(), &entry.budget)?;
-        let secs = start.elapsed().as_secs_f64();
-        rows.extend(model_rows(
-            &row,
-            &*stolen.model,
-            data,
-            &victim_preds,
+impl<'a> VictimRun<'a> {
+    fn new(
+        s: &'a RunSettings,
+        plan: &'a Plan,
+        data: &'a Slices,
+        victim: &'a Victim,
+        seed: u64,
+    ) -> Self {
+        Self {
             s,
-            secs,
-        )?);
-        rows.push(row("attack-seconds", secs, false, secs));
-        rows.extend(stolen.measures.iter().map(|m| measure_row(&row, m, secs)));
-        return Ok(rows);
+            plan,
+            data,
+            victim,
+            seed,
+            probe: probe_for(victim.task, data, seed, &s.device),
+            protected: HashMap::new(),
+            timed: HashMap::new(),
+        }
     }
 
-    let dentry = plan
-        .defences
-        .iter()
-        .find(|d| d.name == cell.defence)
-        .context("defence entry vanished from the plan")?;
-    if !protected.contains_key(&dentry.name) {
+    /// Protects with defence entry `d` once (later calls find the same result), and returns it.
+    fn protected(&mut self, d: usize) -> anyhow::Result<&ProtectedCell> {
+        if !self.protected.contains_key(&d) {
+            let result = self.protect(d).map_err(|e| format!("{e:#}"));
+            self.protected.insert(d, result);
+        }
+        self.applied(d)
+    }
+
+    /// The result of defence entry `d`, applied earlier by [`Self::protected`].
+    fn applied(&self, d: usize) -> anyhow::Result<&ProtectedCell> {
+        let entry = &self.plan.defences[d];
+        match self.protected.get(&d) {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => anyhow::bail!("defence `{}` failed: {e}", entry.name),
+            None => anyhow::bail!("defence `{}` was not run", entry.name),
+        }
+    }
+
+    fn protect(&self, d: usize) -> anyhow::Result<ProtectedCell> {
+        let entry = &self.plan.defences[d];
         let ctx = DefenceContext {
-            device: &s.device,
-            owner_data: &data.owner,
-            normalization: data.normalization,
-            seed: cell.seed,
-            progress: s.progress,
+            device: &self.s.device,
+            owner_data: &self.data.owner,
+            normalization: self.data.normalization,
+            seed: self.seed,
+            progress: self.s.progress,
         };
         let start = Instant::now();
-        let result = dentry
-            .defence
-            .protect(&ctx, victim)
-            .map_err(|e| format!("{e}"))
-            .and_then(|protected| {
-                let protect_seconds = start.elapsed().as_secs_f64();
-                // What came back must be what the defence declared (the planner paired it with
-                // attacks by that declaration).
-                dentry
-                    .defence
-                    .capabilities()
-                    .check(&dentry.id, &protected)
-                    .map_err(|e| format!("{e}"))?;
-                // A denoiser has no predictions: its quality is measured as PSNR below.
-                let owner_preds = match victim.task {
-                    Task::Classification => predict(&*protected.owner, &data.test, norm, &s.device)
-                        .map_err(|e| format!("{e:#}"))?,
-                    Task::Denoising { .. } => Vec::new(),
-                };
-                Ok(ProtectedCell {
-                    protected,
-                    protect_seconds,
-                    owner_preds,
-                })
-            });
-        protected.insert(dentry.name.clone(), result);
+        let protected = entry.defence.protect(&ctx, self.victim)?;
+        let protect_seconds = start.elapsed().as_secs_f64();
+        // What came back must be what the defence declared (the planner paired it with attacks
+        // by that declaration).
+        entry.defence.capabilities().check(&entry.id, &protected)?;
+        let reference = self.probe.reference(&*protected.owner)?;
+        Ok(ProtectedCell {
+            protected,
+            protect_seconds,
+            reference,
+        })
     }
-    let (prot, protect_secs, owner_preds) = match protected.get(&dentry.name) {
-        Some(Ok(p)) => (&p.protected, p.protect_seconds, &p.owner_preds),
-        Some(Err(e)) => anyhow::bail!("defence `{}` failed: {e}", dentry.name),
-        None => anyhow::bail!("defence `{}` was not run", dentry.name),
-    };
 
-    if cell.attack == "-" {
-        match victim.task {
-            Task::Classification => {
-                let owner_acc = agreement_with_labels(owner_preds, &data.test.labels);
-                rows.push(row("owner-accuracy", owner_acc, true, protect_secs));
-            }
-            Task::Denoising { sigma } => {
-                let r = evaluate_psnr(&*prot.owner, &data.test, sigma, cell.seed, 64, &s.device)?;
-                rows.push(row("owner-psnr", r.psnr, true, protect_secs));
-                // The do-nothing reference: the noisy input itself (same noise for every model).
-                rows.push(row("noisy-psnr", r.noisy_psnr, true, protect_secs));
+    /// Protects with each of `defences` and times all their deployments with the unprotected
+    /// victim in the same rounds. A defence that fails is left out (its cells fail with its
+    /// error); a timing that fails fails the defence cells being timed.
+    fn time_deployments(&mut self, defences: &[usize]) {
+        let ok: Vec<usize> = defences
+            .iter()
+            .copied()
+            .filter(|&d| self.protected(d).is_ok())
+            .collect();
+        let mut subjects: Vec<&dyn Deployed> = vec![&self.victim.model];
+        for d in &ok {
+            if let Some(Ok(p)) = self.protected.get(d) {
+                subjects.push(&*p.protected.owner);
+                subjects.extend(p.protected.levels.iter().map(|(_, l)| &**l));
             }
         }
-        let (p50, p99) = latency_ms(&*prot.owner, &data.test, norm, &s.device)?;
-        rows.push(row("latency-ms-p50", p50, false, protect_secs));
-        rows.push(row("latency-ms-p99", p99, false, protect_secs));
-        rows.push(row("protect-seconds", protect_secs, false, protect_secs));
-        rows.push(row(
-            "model-bytes",
-            prot.owner.model_bytes() as f64,
-            false,
-            protect_secs,
-        ));
-        for (name, level) in &prot.levels {
-            match victim.task {
-                Task::Classification => {
-                    let acc = accuracy(&**level, &data.test, norm, &s.device)?;
-                    rows.push(row(
-                        &format!("level-accuracy:{name}"),
-                        acc,
-                        true,
-                        protect_secs,
-                    ));
+        let times = time_deployments(
+            &subjects,
+            &self.data.test,
+            self.probe.normalization(),
+            LatencyPlan::default(),
+            &self.s.device,
+        );
+        let mut times = match times {
+            Ok(t) => t.into_iter(),
+            Err(e) => {
+                for d in ok {
+                    self.timed
+                        .insert(d, Err(format!("timing the deployments failed: {e}")));
                 }
-                Task::Denoising { sigma } => {
-                    let r = evaluate_psnr(&**level, &data.test, sigma, cell.seed, 64, &s.device)?;
-                    rows.push(row(
-                        &format!("level-psnr:{name}"),
-                        r.psnr,
-                        true,
-                        protect_secs,
-                    ));
-                }
+                return;
             }
+        };
+        let unprotected = Arc::new(times.next().unwrap_or_default());
+        for d in ok {
+            let levels = match self.protected.get(&d) {
+                Some(Ok(p)) => p.protected.levels.len(),
+                _ => 0,
+            };
+            let owner = times.next().unwrap_or_default();
+            let levels = times.by_ref().take(levels).collect();
+            self.timed.insert(
+                d,
+                Ok(Timed {
+                    owner,
+                    levels,
+                    unprotected: unprotected.clone(),
+                }),
+            );
+        }
+    }
+
+    /// The rows of one cell.
+    fn cell(&mut self, cell: &Cell) -> anyhow::Result<Vec<Record>> {
+        let attack = match cell.job {
+            Job::Reference { defence } => return self.reference_cell(cell, defence),
+            Job::Unexposed { attack } | Job::Attack { attack, .. } => attack,
+        };
+        if let Some(why) = self.probe.refuses_attacks() {
+            anyhow::bail!(
+                "attack `{}` cannot run on `{}`: {why}",
+                cell.key.attack,
+                cell.key.model
+            );
+        }
+        let entry = &self.plan.attacks[attack];
+        let ctx = attack_context(self.s, self.data, self.victim);
+        let Some(d) = cell.defence() else {
+            // No exposure: the attack does not depend on the defence; fidelity is to the victim.
+            let reference = self.probe.reference(&self.victim.model)?;
+            let start = Instant::now();
+            let stolen = entry
+                .attack
+                .run(&ctx, &Exposure::default(), &entry.budget)?;
+            let secs = start.elapsed().as_secs_f64();
+            let mut m = self.probe.stolen(&*stolen.model, &reference)?;
+            m.push(Measure::timing("attack-seconds", secs));
+            m.extend(stolen.measures.iter().cloned());
+            return Ok(rows(self.s, &cell.key, &m, secs));
+        };
+        let dentry = &self.plan.defences[d];
+        self.protected(d)?;
+        let prot = self.applied(d)?;
+        let oracle = Oracle::new(
+            prot.protected.owner.clone(),
+            dentry.mode,
+            dentry.perturbations.clone(),
+        )
+        .with_limit(entry.budget.queries);
+        // An attack that needs nothing runs here only as the null case of the defence's
+        // ownership verifier: it must not see the protected model at all.
+        let independent = entry.attack.requires() == Requirement::Nothing;
+        let exposure = if independent {
+            Exposure::default()
+        } else {
+            Exposure {
+                stolen: prot.protected.stolen.clone(),
+                oracle: Some(oracle.clone()),
+            }
+        };
+        let start = Instant::now();
+        let stolen = entry.attack.run(&ctx, &exposure, &entry.budget)?;
+        let secs = start.elapsed().as_secs_f64();
+        let mut m = self.probe.stolen(&*stolen.model, &prot.reference)?;
+        m.push(Measure::lower(
+            "queries-used",
+            oracle.ledger().images() as f64,
+        ));
+        m.push(Measure::timing("attack-seconds", secs));
+        let mut out = rows(self.s, &cell.key, &m, secs);
+        if let Some(verifier) = &prot.protected.verifier {
+            let start = Instant::now();
+            let v = verification(&**verifier, &*stolen.model, independent, &self.s.device)?;
+            out.extend(rows(self.s, &cell.key, &v, start.elapsed().as_secs_f64()));
+        }
+        // The harness's own measurement wins over an attack's report of the same metric (the
+        // oracle's ledger is the authority on queries).
+        for m in &stolen.measures {
+            if !out.iter().any(|r| r.metric == m.metric) {
+                out.push(record(self.s, &cell.key, m, secs));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A defence's own rows: the owner's quality, latency, size, access levels and measures.
+    fn reference_cell(&mut self, cell: &Cell, d: usize) -> anyhow::Result<Vec<Record>> {
+        self.protected(d)?;
+        let timed = match self.timed.get(&d) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => anyhow::bail!("{e}"),
+            None => anyhow::bail!("the deployments of defence {d} were not timed"),
+        };
+        let prot = self.applied(d)?;
+        let p = &prot.protected;
+        let mut m = self.probe.owner(&*p.owner, &prot.reference)?;
+        m.extend(latency_measures("", &timed.owner, &timed.unprotected));
+        m.push(Measure::timing("protect-seconds", prot.protect_seconds));
+        m.push(Measure::lower("model-bytes", p.owner.model_bytes() as f64));
+        for ((name, level), times) in p.levels.iter().zip(&timed.levels) {
+            m.extend(self.probe.level(name, &**level)?);
             // A level may run differently from the owner (EdgePro's no-password level has no
             // hook), so its latency is the harness's measurement too.
-            let (p50, _) = latency_ms(&**level, &data.test, norm, &s.device)?;
-            rows.push(row(
-                &format!("level-latency-ms-p50:{name}"),
-                p50,
-                false,
-                protect_secs,
-            ));
+            let l = latency_measures(&format!(":{name}"), times, &timed.unprotected);
+            m.extend(
+                l.into_iter()
+                    .filter(|x| !x.metric.contains("p99"))
+                    .map(|x| Measure {
+                        metric: format!("level-{}", x.metric),
+                        ..x
+                    }),
+            );
         }
-        rows.extend(
-            prot.measures
-                .iter()
-                .map(|m| measure_row(&row, m, protect_secs)),
-        );
-        return Ok(rows);
+        m.extend(p.measures.iter().cloned());
+        Ok(rows(self.s, &cell.key, &m, prot.protect_seconds))
     }
+}
 
-    let aentry = plan
-        .attacks
-        .iter()
-        .find(|a| a.name == cell.attack)
-        .context("attack entry vanished from the plan")?;
-    let oracle = Oracle::new(
-        prot.owner.clone(),
-        dentry.mode,
-        dentry.perturbations.clone(),
-    )
-    .with_limit(aentry.budget.queries);
-    // An attack that needs nothing runs here only as the null case of the defence's ownership
-    // verifier: it must not see the protected model at all.
-    let independent = aentry.attack.requires() == Requirement::Nothing;
-    let exposure = if independent {
-        Exposure::default()
-    } else {
-        Exposure {
-            stolen: prot.stolen.clone(),
-            oracle: Some(oracle.clone()),
-        }
-    };
-    let ctx = attack_context(s, data, victim);
-    let start = Instant::now();
-    let stolen = aentry.attack.run(&ctx, &exposure, &aentry.budget)?;
-    let secs = start.elapsed().as_secs_f64();
-    rows.extend(model_rows(
-        &row,
-        &*stolen.model,
-        data,
-        owner_preds,
-        s,
-        secs,
-    )?);
-    rows.push(row(
-        "queries-used",
-        oracle.ledger().images() as f64,
-        false,
-        secs,
-    ));
-    rows.push(row("attack-seconds", secs, false, secs));
-    if let Some(verifier) = &prot.verifier {
-        rows.extend(verification_rows(
-            &row,
-            &**verifier,
-            &*stolen.model,
-            independent,
-            &s.device,
-        )?);
-    }
-    // The harness's own measurement wins over an attack's report of the same metric (the
-    // oracle's ledger is the authority on queries).
-    for m in &stolen.measures {
-        if !rows.iter().any(|r| r.metric == m.metric) {
-            rows.push(measure_row(&row, m, secs));
-        }
-    }
-    Ok(rows)
+/// Latency rows of one deployment: p50, p99 and the paired ratio to the unprotected victim with
+/// its interval, each name followed by `suffix` (`:LEVEL` for an access level).
+fn latency_measures(suffix: &str, times: &[f64], unprotected: &[f64]) -> Vec<Measure> {
+    let summary = Summary::of(times);
+    let ratio = paired_ratio(times, unprotected);
+    vec![
+        Measure::timing(format!("latency-ms-p50{suffix}"), summary.p50),
+        Measure::timing(format!("latency-ms-p99{suffix}"), summary.p99),
+        Measure::timing(format!("latency-ratio{suffix}"), ratio.median),
+        Measure::timing(format!("latency-ratio-low{suffix}"), ratio.low),
+        Measure::timing(format!("latency-ratio-high{suffix}"), ratio.high),
+    ]
 }
 
 fn attack_context<'a>(s: &'a RunSettings, data: &'a Slices, victim: &Victim) -> AttackContext<'a> {
@@ -612,36 +429,16 @@ fn attack_context<'a>(s: &'a RunSettings, data: &'a Slices, victim: &Victim) -> 
     }
 }
 
-/// Attacker accuracy and fidelity to the owner's deployed model.
-fn model_rows(
-    row: &dyn Fn(&str, f64, bool, f64) -> Record,
-    model: &dyn Deployed,
-    data: &Slices,
-    reference: &[u32],
-    s: &RunSettings,
-    secs: f64,
-) -> anyhow::Result<Vec<Record>> {
-    let preds = predict(model, &data.test, Some(&data.normalization), &s.device)?;
-    let acc = agreement_with_labels(&preds, &data.test.labels);
-    let fidelity = harness_core::eval::agreement(&preds, reference);
-    // For an attacker, accuracy and fidelity are the thief's gains: lower is better for the owner.
-    Ok(vec![
-        row("attacker-accuracy", acc, false, secs),
-        row("fidelity", fidelity, false, secs),
-    ])
-}
-
 /// What the defence's ownership verifier says of the attacker's model. On a model derived from
 /// the victim a claim is a detection (`ownership-detected`, higher is better for the owner); on
 /// an independently trained model it is a false accusation (`ownership-false-claim`, lower is
 /// better). The score is recorded too, for ROC curves across cells.
-fn verification_rows(
-    row: &dyn Fn(&str, f64, bool, f64) -> Record,
+fn verification(
     verifier: &dyn OwnershipVerifier,
     suspect: &dyn Deployed,
     independent: bool,
     device: &Device,
-) -> anyhow::Result<Vec<Record>> {
+) -> anyhow::Result<Vec<Measure>> {
     let start = Instant::now();
     let verdict = verifier
         .verify(suspect, device)
@@ -650,98 +447,57 @@ fn verification_rows(
     let claim = if verdict.derived { 1.0 } else { 0.0 };
     Ok(if independent {
         vec![
-            row("ownership-false-claim", claim, false, secs),
-            row("verifier-score-independent", verdict.score, false, secs),
-            row("verify-seconds", secs, false, secs),
+            Measure::lower("ownership-false-claim", claim),
+            Measure::lower("verifier-score-independent", verdict.score),
+            Measure::timing("verify-seconds", secs),
         ]
     } else {
         vec![
-            row("ownership-detected", claim, true, secs),
-            row("verifier-score", verdict.score, true, secs),
-            row("verify-seconds", secs, false, secs),
+            Measure::higher("ownership-detected", claim),
+            Measure::higher("verifier-score", verdict.score),
+            Measure::timing("verify-seconds", secs),
         ]
     })
 }
 
-fn measure_row(row: &dyn Fn(&str, f64, bool, f64) -> Record, m: &Measure, secs: f64) -> Record {
-    row(&m.metric, m.value, m.higher_is_better, secs)
-}
-
-fn error_row(s: &RunSettings, cell: &CellKey, e: &anyhow::Error) -> Record {
+/// The record of one measured value of a cell; `secs` is the wall time of the stage that
+/// produced it.
+fn record(s: &RunSettings, key: &CellKey, m: &Measure, secs: f64) -> Record {
     Record {
         run: s.run_id.clone(),
-        dataset: cell.dataset.clone(),
-        model: cell.model.clone(),
-        defence: cell.defence.clone(),
-        attack: cell.attack.clone(),
-        seed: cell.seed,
+        dataset: key.dataset.clone(),
+        model: key.model.clone(),
+        defence: key.defence.clone(),
+        attack: key.attack.clone(),
+        seed: key.seed,
+        metric: m.metric.clone(),
+        value: m.value,
+        higher_is_better: m.higher_is_better,
+        status: "ok".into(),
+        error: String::new(),
+        wall_seconds: secs,
+        config_hash: s.config_hash.clone(),
+        git: env!("PROTBENCH_GIT").to_string(),
+        cell_rows: 0,
+        timing: Some(m.timing),
+    }
+}
+
+fn rows(s: &RunSettings, key: &CellKey, measures: &[Measure], secs: f64) -> Vec<Record> {
+    measures.iter().map(|m| record(s, key, m, secs)).collect()
+}
+
+fn error_row(s: &RunSettings, key: &CellKey, e: &anyhow::Error) -> Record {
+    Record {
         metric: "error".into(),
         value: f64::NAN,
         higher_is_better: false,
         status: "error".into(),
         error: format!("{e:#}"),
         wall_seconds: 0.0,
-        config_hash: s.config_hash.clone(),
-        git: env!("PROTBENCH_GIT").to_string(),
-        cell_rows: 0,
+        timing: Some(false),
+        ..record(s, key, &Measure::lower("error", f64::NAN), 0.0)
     }
-}
-
-fn predict(
-    model: &dyn Deployed,
-    set: &ImageSet,
-    norm: Option<&Normalization>,
-    device: &Device,
-) -> anyhow::Result<Vec<u32>> {
-    let idx: Vec<usize> = (0..set.len()).collect();
-    let mut out = Vec::with_capacity(set.len());
-    for chunk in idx.chunks(256) {
-        let xs = datasets::batch::to_tensor(set, chunk, norm, device)?;
-        let logits = model.logits(&xs)?;
-        out.extend(logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?);
-    }
-    Ok(out)
-}
-
-fn accuracy(
-    model: &dyn Deployed,
-    set: &ImageSet,
-    norm: Option<&Normalization>,
-    device: &Device,
-) -> anyhow::Result<f64> {
-    let preds = predict(model, set, norm, device)?;
-    Ok(agreement_with_labels(&preds, &set.labels))
-}
-
-fn agreement_with_labels(preds: &[u32], labels: &[u32]) -> f64 {
-    harness_core::eval::agreement(preds, labels)
-}
-
-/// Batch-1 latency of a deployment: median and 99th percentile over 100 timed queries after 10
-/// warm-up queries, in milliseconds.
-fn latency_ms(
-    model: &dyn Deployed,
-    set: &ImageSet,
-    norm: Option<&Normalization>,
-    device: &Device,
-) -> anyhow::Result<(f64, f64)> {
-    let mut times = Vec::with_capacity(100);
-    for i in 0..110 {
-        let xs = datasets::batch::to_tensor(set, &[i % set.len()], norm, device)?;
-        let start = Instant::now();
-        let out = model.logits(&xs)?;
-        // Force the computation on lazy devices before stopping the clock.
-        let _ = out
-            .to_dtype(candle_core::DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()?;
-        if i >= 10 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let pct = |p: f64| times[((p / 100.0) * (times.len() - 1) as f64).round() as usize];
-    Ok((pct(50.0), pct(99.0)))
 }
 
 /// Results folder of a run: `RESULTS/<run-id>`, and `RESULTS/<run-id>-shard-IofN` for shard I of
@@ -784,27 +540,7 @@ mod tests {
         }
     }
 
-    fn row(metric: &str, value: f64, higher: bool, secs: f64) -> Record {
-        Record {
-            run: "r".into(),
-            dataset: "d".into(),
-            model: "m".into(),
-            defence: "x".into(),
-            attack: "a".into(),
-            seed: 0,
-            metric: metric.into(),
-            value,
-            higher_is_better: higher,
-            status: "ok".into(),
-            error: String::new(),
-            wall_seconds: secs,
-            config_hash: String::new(),
-            git: String::new(),
-            cell_rows: 0,
-        }
-    }
-
-    fn value(rows: &[Record], metric: &str) -> Option<(f64, bool)> {
+    fn value(rows: &[Measure], metric: &str) -> Option<(f64, bool)> {
         rows.iter()
             .find(|r| r.metric == metric)
             .map(|r| (r.value, r.higher_is_better))
@@ -824,15 +560,34 @@ mod tests {
     #[test]
     fn a_stolen_copy_is_a_detection_and_an_independent_model_a_false_claim() {
         let dev = Device::Cpu;
-        let stolen = verification_rows(&row, &Threshold, &Constant(0.9), false, &dev).unwrap();
+        let stolen = verification(&Threshold, &Constant(0.9), false, &dev).unwrap();
         assert_eq!(value(&stolen, "ownership-detected"), Some((1.0, true)));
         assert!(value(&stolen, "ownership-false-claim").is_none());
-        let missed = verification_rows(&row, &Threshold, &Constant(0.1), false, &dev).unwrap();
+        let missed = verification(&Threshold, &Constant(0.1), false, &dev).unwrap();
         assert_eq!(value(&missed, "ownership-detected"), Some((0.0, true)));
-        let null = verification_rows(&row, &Threshold, &Constant(0.9), true, &dev).unwrap();
+        let null = verification(&Threshold, &Constant(0.9), true, &dev).unwrap();
         assert_eq!(value(&null, "ownership-false-claim"), Some((1.0, false)));
         assert!(value(&null, "ownership-detected").is_none());
         let score = value(&null, "verifier-score-independent").unwrap().0;
         assert!((score - 0.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn every_latency_row_is_marked_a_timing_and_named_for_its_deployment() {
+        let rows = latency_measures(":level-0", &[2.0, 2.2, 2.4], &[1.0, 1.1, 1.2]);
+        let names: Vec<&str> = rows.iter().map(|m| m.metric.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "latency-ms-p50:level-0",
+                "latency-ms-p99:level-0",
+                "latency-ratio:level-0",
+                "latency-ratio-low:level-0",
+                "latency-ratio-high:level-0"
+            ]
+        );
+        assert!(rows.iter().all(|m| m.timing && !m.higher_is_better));
+        assert_eq!(rows[0].value, 2.2);
+        assert_eq!(rows[2].value, 2.0);
     }
 }

@@ -53,6 +53,10 @@ pub struct Measure {
     pub value: f64,
     /// Whether a larger value is better for the protection's owner (drives regression gates).
     pub higher_is_better: bool,
+    /// Whether the value is a time, or derived from times: it moves with the machine and its
+    /// load, so gates compare it loosely and `compare --exact` leaves it out.
+    #[serde(default)]
+    pub timing: bool,
 }
 
 impl Measure {
@@ -62,6 +66,7 @@ impl Measure {
             metric: metric.into(),
             value,
             higher_is_better: true,
+            timing: false,
         }
     }
 
@@ -71,6 +76,15 @@ impl Measure {
             metric: metric.into(),
             value,
             higher_is_better: false,
+            timing: false,
+        }
+    }
+
+    /// A time (or a value derived from times) in the unit its name says; smaller is better.
+    pub fn timing(metric: impl Into<String>, value: f64) -> Self {
+        Self {
+            timing: true,
+            ..Self::lower(metric, value)
         }
     }
 }

@@ -109,9 +109,11 @@ impl QueryLedger {
             && before + n > limit
         {
             self.images.fetch_sub(n, Ordering::SeqCst);
-            return Err(Error::Config(format!(
-                "query budget exhausted: {before} of {limit} images used, {n} more asked"
-            )));
+            return Err(Error::BudgetExhausted {
+                used: before,
+                limit,
+                asked: n,
+            });
         }
         Ok(self.batches.fetch_add(1, Ordering::SeqCst))
     }

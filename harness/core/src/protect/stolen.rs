@@ -67,7 +67,7 @@ impl StolenArtifact {
     /// architecture. Every white-box attack starts here.
     pub fn rebuild(&self) -> Result<PlainModel> {
         if let Parts::Stages(held) = &self.parts {
-            return Err(Error::Config(format!(
+            return Err(Error::Unsupported(format!(
                 "the stolen `{}` holds stages {held:?} only; this attack needs the whole model",
                 self.spec.arch
             )));

@@ -404,7 +404,7 @@ pub fn build(spec: &ModelSpec, params: &ParamStore) -> Result<Box<dyn Model>> {
     }
     let (vb, used) = params.existing_var_builder();
     let model = build_with(spec, vb).map_err(|e| {
-        Error::Config(format!(
+        Error::Mismatch(format!(
             "cannot build `{}` on a parameter store that holds another model ({e})",
             spec.arch.id()
         ))
@@ -419,7 +419,7 @@ pub fn build(spec: &ModelSpec, params: &ParamStore) -> Result<Box<dyn Model>> {
         .take(4)
         .collect();
     if !unused.is_empty() {
-        return Err(Error::Config(format!(
+        return Err(Error::Mismatch(format!(
             "cannot build `{}` on a parameter store that holds another model (it does not use {unused:?})",
             spec.arch.id()
         )));

@@ -103,7 +103,7 @@ fn check_holds(stages: &[StageInfo], held: &[bool], params: &ParamStore) -> Resu
             .take(4)
             .collect();
         if !lacking.is_empty() {
-            return Err(Error::Config(format!(
+            return Err(Error::Mismatch(format!(
                 "the store is said to hold stage `{}` but lacks {lacking:?}",
                 stage.name
             )));
@@ -112,7 +112,7 @@ fn check_holds(stages: &[StageInfo], held: &[bool], params: &ParamStore) -> Resu
     let wanted = held_names(stages, held);
     if let Some(name) = stored.iter().find(|n| !wanted.contains(*n)) {
         let owner = stages.iter().find(|s| s.params.contains(name));
-        return Err(Error::Config(match owner {
+        return Err(Error::Mismatch(match owner {
             Some(s) => format!(
                 "the store holds `{name}` of stage `{}`, which it is not said to hold",
                 s.name

@@ -12,11 +12,12 @@
 //!
 //! Stride-1 "same" convolutions (ResNet's and VGG's 3x3 layers) skip the column matrix: the
 //! image is copied once per kernel column and every kernel row is an offset into that copy, so
-//! the convolution is k products summed (see [`tap_rows`](super::tap_rows)); a third of the
-//! copying in each direction, the same multiply-adds.
+//! the convolution is k products summed (see [`tap_rows`](super::tap_rows) and `taps.rs`); a
+//! third of the copying in each direction, the same multiply-adds.
 //!
-//! Depthwise convolutions (`groups == C_in == C_out`) run as direct loops over each plane: with
-//! one input channel per output a gemm would be 1 x k*k x Ho*Wo per plane, all overhead.
+//! Depthwise convolutions (`groups == C_in == C_out`) run as direct loops over each plane
+//! (`depthwise.rs`): with one input channel per output a gemm would be 1 x k*k x Ho*Wo per
+//! plane, all overhead.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -25,11 +26,17 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::elementwise::filled_by;
-use super::gemm::{Mat, sgemm, sgemm_into, sgemm_strided, sgemm_sum_into, transpose};
+use super::gemm::{Mat, sgemm, sgemm_into, transpose};
 use super::im2col::{Geom, col2im, im2col};
 use super::tap_rows::TapRows;
 use super::workspace::Scratch;
 use super::{f32_slice, tensor, threads, with_f32};
+
+mod depthwise;
+mod taps;
+
+use depthwise::{depthwise_backward, depthwise_forward};
+use taps::{tap_rows_backward, tap_rows_forward};
 
 /// Shapes of one convolution call.
 #[derive(Debug, Clone, Copy)]
@@ -435,277 +442,4 @@ fn gemm_backward(
         transpose(&dwt[r.clone()], kg, og, &mut dw[r]);
     }
     (dx, Some(dw))
-}
-
-/// The weight (O x C x k x k) regrouped per kernel row: block `ki` is `W_ki` (O x C*k,
-/// row-major, columns (channel, kernel column)), or its transpose with `transposed`.
-fn weight_by_kernel_row(w: &[f32], cout: usize, t: TapRows, transposed: bool) -> Vec<f32> {
-    let (k, kc) = (t.k(), t.rows());
-    let mut out = vec![0f32; w.len()];
-    for (co, wo) in w.chunks_exact(kc * k).enumerate() {
-        for (r, taps) in wo.chunks_exact(k).enumerate() {
-            // r = ci * k + ki over (channel, kernel row); taps runs over the kernel columns.
-            let (ci, ki) = (r / k, r % k);
-            for (kj, &v) in taps.iter().enumerate() {
-                let col = ci * k + kj;
-                let at = if transposed {
-                    col * cout + co
-                } else {
-                    co * kc + col
-                };
-                out[ki * cout * kc + at] = v;
-            }
-        }
-    }
-    out
-}
-
-/// Forward of a stride-1 "same" convolution as k products per image, one per kernel row, over
-/// the image expanded along the kernel columns only (see [`tap_rows`](super::tap_rows)).
-fn tap_rows_forward(d: &Dims, t: TapRows, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let (kc, ncols, pitch) = (t.rows(), t.cols(), t.pitch());
-    let (in_img, out_img) = (d.in_image(), d.out_image());
-    let wr = weight_by_kernel_row(w, d.cout, t, false);
-    let gemm_threads = image_gemm_threads(d.n);
-    let body = |(i, yi): (usize, &mut [MaybeUninit<f32>])| {
-        let mut taps = Scratch::uninit(t.len());
-        t.expand(&x[i * in_img..(i + 1) * in_img], &mut taps);
-        let taps = &taps[..];
-        let terms = (0..t.k()).map(|ki| {
-            (
-                Mat::rows(&wr[ki * d.cout * kc..(ki + 1) * d.cout * kc], d.cout, kc),
-                Mat::strided(&taps[t.offset(ki)..], kc, ncols, pitch),
-            )
-        });
-        sgemm_sum_into(yi, terms, gemm_threads);
-    };
-    // SAFETY: `body`'s summed products write all `cout * h * w == out_img` values.
-    #[allow(unsafe_code)]
-    unsafe {
-        per_image_output(d.n, out_img, body)
-    }
-}
-
-/// Backward of [`tap_rows_forward`]: per kernel row, `dW_ki^T += taps_ki x dY^T` and
-/// `dtaps_ki += W_ki^T x dY` (into the expanded buffer, rows `pitch` apart), then the expanded
-/// gradient folded back onto the image.
-fn tap_rows_backward(
-    d: &Dims,
-    t: TapRows,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    need_dx: bool,
-    need_dw: bool,
-) -> Grads {
-    let (k, kc, ncols, pitch, cout) = (t.k(), t.rows(), t.cols(), t.pitch(), d.cout);
-    let (in_img, out_img) = (d.in_image(), d.out_image());
-    let chunks = Chunks::new(d.n);
-    let gemm_threads = chunks.gemm_threads;
-    let wlen = w.len();
-    let wrt = if need_dx {
-        weight_by_kernel_row(w, cout, t, true)
-    } else {
-        Vec::new()
-    };
-    // The products run the centre kernel row first: it covers the body of every buffer row, so
-    // it writes instead of adding, and only the padding rows need clearing for the others.
-    let order: Vec<usize> = std::iter::once(k / 2)
-        .chain((0..k).filter(|&ki| ki != k / 2))
-        .collect();
-
-    let process = |images: Range<usize>, mut dx_chunk: Option<&mut [f32]>| -> Vec<f32> {
-        // dW^T per kernel row (C*k x O), summed over this chunk's images.
-        let mut dwt = if need_dw {
-            vec![0f32; wlen]
-        } else {
-            Vec::new()
-        };
-        let mut dyt = need_dw.then(|| Scratch::uninit(cout * ncols));
-        let mut taps = need_dw.then(|| Scratch::uninit(t.len()));
-        let mut dtaps = need_dx.then(|| Scratch::uninit(t.len()));
-        let first = images.start;
-        for i in images {
-            let dyi = &dy[i * out_img..(i + 1) * out_img];
-            if let (Some(dyt), Some(taps)) = (dyt.as_mut(), taps.as_mut()) {
-                t.expand(&x[i * in_img..(i + 1) * in_img], taps);
-                transpose(dyi, cout, ncols, dyt);
-                for ki in 0..k {
-                    sgemm(
-                        &mut dwt[ki * kc * cout..(ki + 1) * kc * cout],
-                        Mat::strided(&taps[t.offset(ki)..], kc, ncols, pitch),
-                        Mat::rows(dyt, ncols, cout),
-                        true,
-                        gemm_threads,
-                    );
-                }
-            }
-            if let (Some(dtaps), Some(dx_chunk)) = (dtaps.as_mut(), dx_chunk.as_deref_mut()) {
-                t.clear_padding(dtaps);
-                for (j, &ki) in order.iter().enumerate() {
-                    sgemm_strided(
-                        &mut dtaps[t.offset(ki)..],
-                        pitch,
-                        Mat::rows(&wrt[ki * kc * cout..(ki + 1) * kc * cout], kc, cout),
-                        Mat::rows(dyi, cout, ncols),
-                        j > 0,
-                        gemm_threads,
-                    );
-                }
-                let dxi = &mut dx_chunk[(i - first) * in_img..(i - first + 1) * in_img];
-                t.fold(dtaps, dxi);
-            }
-        }
-        dwt
-    };
-
-    let (dx, dwt) = run_chunks(d.n, in_img, wlen, chunks, need_dx, need_dw, process);
-    let Some(dwt) = dwt else {
-        return (dx, None);
-    };
-    // Back from dW_ki^T (C*k x O per kernel row) to O x C x k x k.
-    let mut dw = vec![0f32; wlen];
-    for (co, wo) in dw.chunks_exact_mut(kc * k).enumerate() {
-        for (r, taps) in wo.chunks_exact_mut(k).enumerate() {
-            let (ci, ki) = (r / k, r % k);
-            for (kj, v) in taps.iter_mut().enumerate() {
-                *v = dwt[ki * kc * cout + (ci * k + kj) * cout + co];
-            }
-        }
-    }
-    (dx, Some(dw))
-}
-
-/// Output columns handled by one kernel column, as (first output, count, first input column).
-fn tap_range(g: &Geom, tap: usize, len: usize, out: usize) -> (usize, usize, usize) {
-    let s = g.stride;
-    let lo = if tap >= g.pad {
-        0
-    } else {
-        (g.pad - tap).div_ceil(s)
-    };
-    let hi = if len + g.pad > tap {
-        ((len - 1 + g.pad - tap) / s + 1).min(out)
-    } else {
-        0
-    };
-    let lo = lo.min(out);
-    let hi = hi.max(lo);
-    (lo, hi - lo, (lo * s + tap).saturating_sub(g.pad))
-}
-
-fn depthwise_forward(d: &Dims, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let g = d.g;
-    let (hw, ohw, k, c) = (g.h * g.w, g.ho * g.wo, g.k, d.cin);
-    let mut y = vec![0f32; d.n * c * ohw];
-    if ohw == 0 {
-        return y;
-    }
-    y.par_chunks_mut(ohw)
-        .enumerate()
-        .with_min_len(16)
-        .for_each(|(p, yp)| {
-            let xp = &x[p * hw..(p + 1) * hw];
-            let wc = &w[(p % c) * k * k..(p % c + 1) * k * k];
-            for ki in 0..k {
-                let (oh0, nh, _) = tap_range(&g, ki, g.h, g.ho);
-                for kj in 0..k {
-                    let (ow0, nw, iw0) = tap_range(&g, kj, g.w, g.wo);
-                    if nw == 0 {
-                        continue;
-                    }
-                    let wv = wc[ki * k + kj];
-                    for oh in oh0..oh0 + nh {
-                        let ih = oh * g.stride + ki - g.pad;
-                        let src = &xp[ih * g.w + iw0..(ih + 1) * g.w];
-                        let dst = &mut yp[oh * g.wo + ow0..oh * g.wo + ow0 + nw];
-                        if g.stride == 1 {
-                            for (o, v) in dst.iter_mut().zip(src) {
-                                *o += wv * *v;
-                            }
-                        } else {
-                            for (o, v) in dst.iter_mut().zip(src.iter().step_by(g.stride)) {
-                                *o += wv * *v;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    y
-}
-
-fn depthwise_backward(
-    d: &Dims,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    need_dx: bool,
-    need_dw: bool,
-) -> Grads {
-    let g = d.g;
-    let (hw, ohw, k, c) = (g.h * g.w, g.ho * g.wo, g.k, d.cin);
-    let mut dx = need_dx.then(|| vec![0f32; d.n * c * hw]);
-    // Group the gradient planes by channel, so that one task owns a channel: its weight
-    // gradient sums over the batch without synchronisation.
-    let mut by_channel: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::new()).collect();
-    if let Some(dx) = dx.as_mut()
-        && hw > 0
-    {
-        for (p, plane) in dx.chunks_mut(hw).enumerate() {
-            by_channel[p % c].push(plane);
-        }
-    }
-    let dw: Vec<f32> = by_channel
-        .into_par_iter()
-        .enumerate()
-        .flat_map_iter(|(ch, mut planes)| {
-            let wc = &w[ch * k * k..(ch + 1) * k * k];
-            let mut acc = vec![0f64; k * k];
-            for n in 0..d.n {
-                let p = n * c + ch;
-                let xp = &x[p * hw..(p + 1) * hw];
-                let dyp = &dy[p * ohw..(p + 1) * ohw];
-                let mut dxp = planes.get_mut(n);
-                for ki in 0..k {
-                    let (oh0, nh, _) = tap_range(&g, ki, g.h, g.ho);
-                    for kj in 0..k {
-                        let (ow0, nw, iw0) = tap_range(&g, kj, g.w, g.wo);
-                        if nw == 0 {
-                            continue;
-                        }
-                        let wv = wc[ki * k + kj];
-                        let mut tap_sum = 0f32;
-                        for oh in oh0..oh0 + nh {
-                            let ih = oh * g.stride + ki - g.pad;
-                            let grad = &dyp[oh * g.wo + ow0..oh * g.wo + ow0 + nw];
-                            if need_dw {
-                                let src = &xp[ih * g.w + iw0..(ih + 1) * g.w];
-                                tap_sum += grad
-                                    .iter()
-                                    .zip(src.iter().step_by(g.stride))
-                                    .map(|(a, b)| a * b)
-                                    .sum::<f32>();
-                            }
-                            if let Some(dxp) = dxp.as_deref_mut() {
-                                let dst = &mut dxp[ih * g.w + iw0..(ih + 1) * g.w];
-                                if g.stride == 1 {
-                                    for (o, v) in dst.iter_mut().zip(grad) {
-                                        *o += wv * *v;
-                                    }
-                                } else {
-                                    for (o, v) in dst.iter_mut().step_by(g.stride).zip(grad) {
-                                        *o += wv * *v;
-                                    }
-                                }
-                            }
-                        }
-                        acc[ki * k + kj] += f64::from(tap_sum);
-                    }
-                }
-            }
-            acc.into_iter().map(|v| v as f32)
-        })
-        .collect();
-    (dx, need_dw.then_some(dw))
 }
