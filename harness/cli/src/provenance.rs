@@ -16,6 +16,9 @@ pub struct Provenance {
     /// SIMD features of the CPU that ran (detected at run time: the matrix-product kernels pick
     /// their code path from these, so numbers from machines with different sets do not compare).
     pub cpu_features: Vec<&'static str>,
+    /// The CPU's model name (`/proc/cpuinfo`; empty where it cannot be read): cache sizes and
+    /// micro-architecture, not only the features, can change the order of a kernel's sums.
+    pub cpu_model: String,
     /// SIMD features the binary was compiled to assume (`-C target-cpu` / `target-feature`).
     pub compiled_features: Vec<&'static str>,
     /// Threads available to the compute pool.
@@ -41,6 +44,7 @@ impl Provenance {
             profile: env!("PROTBENCH_PROFILE"),
             rustflags: env!("PROTBENCH_RUSTFLAGS"),
             cpu_features,
+            cpu_model: cpu_model(),
             compiled_features: compiled_features(),
             threads: candle_core::utils::get_num_threads(),
             device: crate::device::describe(device),
@@ -50,6 +54,18 @@ impl Provenance {
 }
 
 /// SIMD features of this CPU, detected at run time.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
 fn cpu_features() -> Vec<&'static str> {
     let mut found = Vec::new();
     #[cfg(target_arch = "x86_64")]
