@@ -77,6 +77,7 @@ fn cheap(bytes: &[u8], ranking: Ranking, layers: &[String]) -> Importance {
         None,
         &PssConfig::default(),
         0,
+        false,
         &Device::Cpu,
         false,
     )
@@ -397,6 +398,7 @@ fn pss_ranks_kernels_that_carry_nothing_last() {
         Some((&f.train, Some(&NORM))),
         &cfg,
         0,
+        false,
         &Device::Cpu,
         false,
     )
@@ -479,4 +481,39 @@ fn the_defence_gives_levels_owner_and_stolen_weights() {
         .unwrap()
         .value;
     assert!((0.3..0.35).contains(&frac), "{frac}");
+}
+
+/// The stolen (encrypted) weights of one protection, as bytes.
+fn stolen_bytes(settings: &str, seed: u64) -> Vec<u8> {
+    let f = fixture();
+    let table: toml::Table = toml::from_str(settings).unwrap();
+    let defence = defences::registry()
+        .build("selective-encryption", &table)
+        .unwrap();
+    let ctx = DefenceContext {
+        device: &Device::Cpu,
+        owner_data: &f.train,
+        normalization: NORM,
+        seed,
+        progress: false,
+    };
+    let victim = Victim {
+        model: f.victim.clone(),
+        train: recipe(),
+        task: harness_core::Task::Classification,
+    };
+    let prot = defence.protect(&ctx, &victim).unwrap();
+    prot.stolen.unwrap().params.to_safetensors_bytes().unwrap()
+}
+
+#[test]
+fn matrix_rows_repeat_for_a_seed_and_a_deployment_key_is_fresh() {
+    // In the matrix the key and a random ranking come from the cell's seed: the same seed gives
+    // the same encrypted weights (so the levels and the attacks on them repeat), another seed
+    // other ones; `os_random_key` draws a fresh key every time, as a deployment must.
+    let seeded = "ranking = \"random\"\nratio = 0.3\nlevels = 2";
+    assert_eq!(stolen_bytes(seeded, 3), stolen_bytes(seeded, 3));
+    assert_ne!(stolen_bytes(seeded, 3), stolen_bytes(seeded, 4));
+    let fresh = format!("{seeded}\nos_random_key = true");
+    assert_ne!(stolen_bytes(&fresh, 3), stolen_bytes(&fresh, 3));
 }

@@ -69,7 +69,7 @@ const TABLE: &[Row] = &[
             ("pss_batch_size", &["0", "-1"], &["1"]),
             ("pss_lr", &["0.0", "-1.0", "nan", "inf"], &["1e-6"]),
         ],
-        other: &["ranking", "layers"],
+        other: &["ranking", "layers", "os_random_key"],
     },
 ];
 

@@ -10,6 +10,11 @@
 //! the denoising loss; level 0 = no licence = the model as stolen), and a thief gets the
 //! encrypted weights with the public parameters (ratio, levels, ranking, eligible layers; never
 //! the kernel locations).
+//!
+//! Choice: in the matrix the master secret (and a `random` ranking's choice of kernels) is
+//! derived from the cell's seed, so that the levels' accuracies and the attacks on them repeat
+//! run after run, as EdgePro's password does; `os_random_key = true` draws them from the OS
+//! random source, as `harness protect` always does for a real deployment.
 
 pub mod cipher;
 mod container;
@@ -29,8 +34,9 @@ use harness_core::protect::{
     EncryptionDisclosure, Measure, PlainModel, Protected, RegistryEntry, StolenArtifact, Theft,
     Victim, above, check, settings,
 };
+use harness_core::seeded::derive_seed;
 use harness_core::{Error, ModelSpec, ParamStore, Result, Task};
-use rand::SeedableRng;
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Deserialize;
 
@@ -62,6 +68,9 @@ pub struct SelectiveEncryptionConfig {
     pub pss_batch_size: usize,
     /// PSS learning rate on log-alpha (paper: 0.1, Nesterov).
     pub pss_lr: f64,
+    /// Draw the master secret (and a `random` ranking's choice) from the OS random source
+    /// instead of the cell's seed, as a deployment should (`harness protect` always does).
+    pub os_random_key: bool,
 }
 
 impl Default for SelectiveEncryptionConfig {
@@ -76,6 +85,7 @@ impl Default for SelectiveEncryptionConfig {
             pss_images: pss.max_images,
             pss_batch_size: pss.batch_size,
             pss_lr: pss.lr,
+            os_random_key: false,
         }
     }
 }
@@ -139,7 +149,8 @@ impl SelectiveEncryption {
 
 /// The importance of the kernels of `layers` of a model file by `ranking`. PSS needs the
 /// model (`spec` built on `params`, holding the same weights as `original`) and data; random
-/// draws from the OS random source (the selection is part of the secret).
+/// draws from the OS random source with `os_random` (the selection is part of the secret),
+/// otherwise from `seed` (benchmark rows that repeat).
 #[allow(clippy::too_many_arguments)]
 pub fn importance(
     original: &[u8],
@@ -152,6 +163,7 @@ pub fn importance(
     )>,
     pss: &PssConfig,
     seed: u64,
+    os_random: bool,
     device: &candle_core::Device,
     progress: bool,
 ) -> Result<Importance> {
@@ -169,7 +181,11 @@ pub fn importance(
             pss::pss_importance(spec, params, &names, set, norm, pss, seed, device, progress)
         }
         other => {
-            let mut rng = ChaCha20Rng::from_seed(*harness_core::sealed::random_secret()?);
+            let mut rng = if os_random {
+                ChaCha20Rng::from_seed(*harness_core::sealed::random_secret()?)
+            } else {
+                ChaCha20Rng::seed_from_u64(derive_seed(seed, "selective-encryption/ranking"))
+            };
             ranking::cheap_importance(&c, &chosen, other, &mut rng)
         }
     }
@@ -222,6 +238,7 @@ impl Defence for SelectiveEncryption {
                 Some((ctx.owner_data, norm)),
                 &pss,
                 ctx.seed,
+                cfg.os_random_key,
                 ctx.device,
                 ctx.progress,
             )?;
@@ -239,7 +256,16 @@ impl Defence for SelectiveEncryption {
         } else {
             compute()?
         };
-        let enc = encrypt(&original, &importance, &cfg.plan(), None)?;
+        let enc = if cfg.os_random_key {
+            encrypt(&original, &importance, &cfg.plan(), None)?
+        } else {
+            // A benchmark key: derived from the cell's seed so that the levels' accuracies and
+            // the attacks on them repeat run after run. Not a secret; deployments draw one.
+            let mut master = zeroize::Zeroizing::new([0u8; 32]);
+            ChaCha20Rng::seed_from_u64(derive_seed(ctx.seed, "selective-encryption/master"))
+                .fill_bytes(&mut master[..]);
+            encrypt_with_master(&original, &importance, &cfg.plan(), &master, None)?
+        };
         let header = public_header(&enc.model)?;
 
         let mut levels = Vec::with_capacity(cfg.levels);

@@ -292,6 +292,7 @@ fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
         data.as_ref().map(|(s, n)| (s, n.as_ref())),
         &pss,
         args.seed,
+        true,
         &device,
         progress,
     )
