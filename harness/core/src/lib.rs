@@ -25,6 +25,7 @@ pub mod latency;
 pub mod nn;
 pub mod params;
 pub mod protect;
+pub mod quant;
 pub mod sealed;
 pub mod seeded;
 mod task;
