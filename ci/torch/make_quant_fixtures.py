@@ -23,7 +23,7 @@ Writes quant.safetensors (torch.manual_seed(0)) with, for each case `act{i}` / `
                     and the quantization parameters after step s (zp as int64)
 Steps 0..S-1 observe; in the last step (S) the observer is disabled (frozen), as after
 `torch.ao.quantization.disable_observer`.
-Also qparams.safetensors: rows of (min, max) pairs and the scale / zero point the fused op's
+Also qat_layers.safetensors (see qat_layers) and qparams.safetensors: rows of (min, max) pairs and the scale / zero point the fused op's
 qparams choice gives for each, for the affine 0..127 and the symmetric -128..127 schemes,
 including degenerate ranges (all zero, tiny, one-sided, huge).
 """
@@ -120,7 +120,97 @@ def main():
         q[f"{name}.scale"] = scales
         q[f"{name}.zp"] = zps
     save_file(q, os.path.join(args.out, "qparams.safetensors"))
+    torch.manual_seed(1)
+    qat_layers(args.out)
     print("torch", torch.__version__, "->", args.out)
+
+
+def qat_layers(out_dir):
+    """qat_layers.safetensors: single fused QAT layers of the x86 recipe with a fake-quantized
+    input (an activation FakeQuantize before the layer, where harness_core::quant::Qat puts it),
+    over a few training steps, then with observers and batch norm frozen, then in eval mode:
+
+      {case}.w, {case}.b (if any), {case}.gamma, {case}.beta, {case}.rm, {case}.rv   initial
+      {case}.x{s}, {case}.g{s}          input and upstream gradient of step s
+      {case}.y{s}, {case}.dx{s}, {case}.dw{s}, {case}.dgamma{s}   output and gradients
+      {case}.rm{s}, {case}.rv{s}        running statistics after step s
+      {case}.in_scale{s}, {case}.in_zp{s}, {case}.w_scale{s}, {case}.w_zp{s}  parameters after s
+    Steps 0-2 train; step 3 trains with observers disabled and batch norm frozen; step 4 is eval.
+    """
+    import torch.nn as nn
+    import torch.ao.nn.intrinsic as nni
+    import torch.ao.nn.intrinsic.qat as nniqat
+    import torch.ao.nn.qat as nnqat
+
+    qconfig = get_default_qat_qconfig("x86")
+    out = {}
+
+    def bn(c):
+        m = nn.BatchNorm2d(c)
+        m.weight.data = torch.rand(c) + 0.5
+        m.bias.data = torch.randn(c) * 0.1
+        m.running_mean = torch.randn(c) * 0.1
+        m.running_var = torch.rand(c) + 0.5
+        return m
+
+    cases = []
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=False)
+    b1 = bn(5)
+    cases.append(("convbnrelu", nniqat.ConvBnReLU2d.from_float(
+        _with_qconfig(nni.ConvBnReLU2d(conv, b1, nn.ReLU()), qconfig)), (4, 3, 6, 6), conv, b1))
+    conv2 = nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=True)
+    b2 = bn(6)
+    cases.append(("convbn", nniqat.ConvBn2d.from_float(
+        _with_qconfig(nni.ConvBn2d(conv2, b2), qconfig)), (3, 4, 8, 8), conv2, b2))
+    lin = nn.Linear(12, 7)
+    cases.append(("linear", nnqat.Linear.from_float(_with_qconfig(lin, qconfig)), (5, 12), lin, None))
+
+    for name, m, shape, float_layer, bnm in cases:
+        out[f"{name}.w"] = c(float_layer.weight)
+        if float_layer.bias is not None:
+            out[f"{name}.b"] = c(float_layer.bias)
+        if bnm is not None:
+            out[f"{name}.gamma"] = c(m.bn.weight)
+            out[f"{name}.beta"] = c(m.bn.bias)
+            out[f"{name}.rm"] = c(m.bn.running_mean)
+            out[f"{name}.rv"] = c(m.bn.running_var)
+        inq = qconfig.activation()
+        for s in range(5):
+            if s == 3:
+                m.apply(torch.ao.quantization.disable_observer)
+                inq.disable_observer()
+                if bnm is not None:
+                    m.freeze_bn_stats()
+            if s == 4:
+                m.eval()
+                inq.eval()
+            else:
+                m.train()
+                inq.train()
+            m.zero_grad()
+            x = (torch.randn(*shape) * 1.3 + 0.2).requires_grad_(True)
+            y = m(inq(x))
+            g = torch.randn_like(y)
+            (y * g).sum().backward()
+            out[f"{name}.x{s}"] = c(x)
+            out[f"{name}.g{s}"] = c(g)
+            out[f"{name}.y{s}"] = c(y)
+            out[f"{name}.dx{s}"] = c(x.grad)
+            out[f"{name}.dw{s}"] = c(m.weight.grad)
+            if bnm is not None:
+                out[f"{name}.dgamma{s}"] = c(m.bn.weight.grad)
+                out[f"{name}.rm{s}"] = c(m.bn.running_mean)
+                out[f"{name}.rv{s}"] = c(m.bn.running_var)
+            out[f"{name}.in_scale{s}"] = c(inq.scale.reshape(-1))
+            out[f"{name}.in_zp{s}"] = c(inq.zero_point.reshape(-1).to(torch.int64))
+            out[f"{name}.w_scale{s}"] = c(m.weight_fake_quant.scale.reshape(-1))
+            out[f"{name}.w_zp{s}"] = c(m.weight_fake_quant.zero_point.reshape(-1).to(torch.int64))
+    save_file(out, os.path.join(out_dir, "qat_layers.safetensors"))
+
+
+def _with_qconfig(m, qconfig):
+    m.qconfig = qconfig
+    return m
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@
 
 pub mod fake;
 pub mod observer;
+pub mod qat;
 pub mod qparams;
 
 pub use fake::fake_quantize;
 pub use observer::{FakeQuantizer, MinMax};
+pub use qat::{LayerQuantizers, Qat};
 pub use qparams::{QParams, QRange, choose};
 
 /// How a tensor is quantized.
