@@ -91,7 +91,7 @@ fn bad_inputs_are_errors_not_panics() -> Result<()> {
         &ModelSpec::new(Arch::Resnet20, 10).with_width(2.0),
         &ParamStore::new(0, &Device::Cpu),
     );
-    assert!(matches!(err, Err(Error::Mismatch(_))));
+    assert!(matches!(err, Err(Error::Config(_))));
     Ok(())
 }
 
