@@ -5,8 +5,10 @@
 //! oracle settings that compose with any defence (`none+reverse-sigmoid` in a matrix file).
 #![warn(missing_docs)]
 
+pub mod divqat;
 pub mod edgepro;
 mod none;
+pub mod qat;
 pub mod selective_encryption;
 
 use harness_core::protect::{Defence, Registry};
@@ -16,6 +18,8 @@ pub fn register(registry: &mut Registry<dyn Defence>) {
     registry.add(none::ENTRY);
     registry.add(edgepro::ENTRY);
     registry.add(selective_encryption::ENTRY);
+    registry.add(qat::ENTRY);
+    registry.add(divqat::ENTRY);
 }
 
 /// A registry holding every defence of this crate.

@@ -5,7 +5,9 @@
 //! that the table forgets fails `the_table_covers_every_defence_and_every_setting`. A negative
 //! value of an integer key is refused by its type (the message names the key too).
 
+use defences::divqat::DivQatConfig;
 use defences::edgepro::EdgeProConfig;
+use defences::qat::QatConfig;
 use defences::selective_encryption::SelectiveEncryptionConfig;
 use harness_core::protect::setting_keys;
 use harness_core::testkit::settings::{
@@ -70,6 +72,35 @@ const TABLE: &[Row] = &[
             ("pss_lr", &["0.0", "-1.0", "nan", "inf"], &["1e-6"]),
         ],
         other: &["ranking", "layers", "os_random_key"],
+    },
+    Row {
+        id: "qat",
+        keys: setting_keys::<QatConfig>,
+        numeric: &[
+            ("epochs", &["0", "-1"], &["1"]),
+            ("lr", &["0.0", "-1.0", "nan", "inf"], &["1e-6"]),
+            ("batch_size", &["0", "-1"], &["1"]),
+            ("freeze_bn_after", &["-1"], &["0"]),
+            ("freeze_observers_after", &["-1"], &["0"]),
+            ("eval_images", &["0", "-1"], &["1"]),
+        ],
+        other: &[],
+    },
+    Row {
+        id: "divqat",
+        keys: setting_keys::<DivQatConfig>,
+        numeric: &[
+            ("alpha", &["-0.1", "nan", "inf"], &["0.0", "2.0"]),
+            ("cap", &["0.0", "-1.0", "nan", "inf"], &["1e-6"]),
+            ("temperature", &["0.0", "-1.0", "nan", "inf"], &["0.5"]),
+            ("epochs", &["0", "-1"], &["1"]),
+            ("lr", &["0.0", "-1.0", "nan", "inf"], &["1e-6"]),
+            ("batch_size", &["0", "-1"], &["1"]),
+            ("freeze_bn_after", &["-1"], &["0"]),
+            ("freeze_observers_after", &["-1"], &["0"]),
+            ("eval_images", &["0", "-1"], &["1"]),
+        ],
+        other: &[],
     },
 ];
 

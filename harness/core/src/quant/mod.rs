@@ -21,11 +21,15 @@ pub mod fake;
 pub mod observer;
 pub mod qat;
 pub mod qparams;
+pub mod training;
 
 pub use fake::fake_quantize;
 pub use observer::{FakeQuantizer, MinMax};
 pub use qat::{LayerQuantizers, Qat};
 pub use qparams::{QParams, QRange, choose};
+pub use training::{
+    Divergence, FakeQuantModel, FreezeSchedule, QatObjective, mean_kl, quantization_aware_training,
+};
 
 /// How a tensor is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

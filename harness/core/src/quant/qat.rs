@@ -50,6 +50,7 @@ impl LayerQuantizers {
 #[derive(Debug, Default)]
 pub struct Qat {
     layers: Mutex<BTreeMap<String, Arc<LayerQuantizers>>>,
+    folded: Mutex<BTreeMap<String, String>>,
     batch_norm_frozen: AtomicBool,
 }
 
@@ -65,6 +66,15 @@ impl Qat {
         layers
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(LayerQuantizers::new()))
+            .clone()
+    }
+
+    /// The batch norm folded into each convolution (store name prefixes, convolution to batch
+    /// norm), for the layers seen so far.
+    pub fn folded_batch_norms(&self) -> BTreeMap<String, String> {
+        self.folded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
@@ -111,7 +121,7 @@ impl LayerHook for Qat {
         let x = q.input.forward(xs)?;
         let cfg = *unit.conv.config();
         let w = unit.conv.weight();
-        let Some((_, bn)) = &unit.bn else {
+        let Some((bn_name, bn)) = &unit.bn else {
             let wq = q.weight.forward(w)?;
             let ys = ops::conv2d(
                 &x,
@@ -126,6 +136,10 @@ impl LayerHook for Qat {
                 Act::Identity => Ok(ys),
             };
         };
+        self.folded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(unit.name.clone(), bn_name.clone());
         let c = unit.out_channels();
         // gamma / running std: the batch norm's scale in evaluation, folded into the weight.
         let std = (bn.running_var().as_detached_tensor() + ops::BN_EPS)?.sqrt()?;

@@ -15,4 +15,4 @@ pub use denoise::{DEFAULT_SIGMA_255, Denoise};
 pub use objective::{CrossEntropy, Objective, StepLoss, correct_count};
 pub use schedule::Schedule;
 pub use sgd::{Sgd, SgdConfig};
-pub use trainer::{EpochStats, StepHook, TrainConfig, TrainOptions, TrainReport, train};
+pub use trainer::{EpochHook, EpochStats, StepHook, TrainConfig, TrainOptions, TrainReport, train};

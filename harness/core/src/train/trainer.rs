@@ -54,6 +54,11 @@ impl Default for TrainConfig {
 /// Called after every optimiser step, e.g. to re-apply a pruning mask.
 pub type StepHook<'a> = &'a (dyn Fn() -> Result<()> + Sync);
 
+/// Called with the 0-based epoch before each epoch runs (schedules that change the model, such
+/// as freezing quantization observers after some epochs). Also called for the first epoch of a
+/// resumed run, so a hook that sets state from the epoch alone resumes correctly.
+pub type EpochHook<'a> = &'a (dyn Fn(usize) -> Result<()> + Sync);
+
 /// How a run is carried out: display, checkpoints, which parameters move, per-step hooks.
 #[derive(Default)]
 pub struct TrainOptions<'a> {
@@ -70,6 +75,8 @@ pub struct TrainOptions<'a> {
     pub train_only: Option<Vec<String>>,
     /// Runs after every optimiser step.
     pub after_step: Option<StepHook<'a>>,
+    /// Runs before every epoch.
+    pub before_epoch: Option<EpochHook<'a>>,
     /// Stop after this many epochs in this process (with a checkpoint, a later call resumes):
     /// for time-sliced jobs on preemptible machines.
     pub stop_after_epochs: Option<usize>,
@@ -199,6 +206,9 @@ pub fn train(
         None => cfg.epochs,
     };
     for epoch in resumed_from_epoch..last_epoch {
+        if let Some(hook) = opts.before_epoch {
+            hook(epoch)?;
+        }
         let bar = epoch_bar(opts.progress, steps_per_epoch, epoch, cfg.epochs);
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut counted, mut seen) = (0.0f64, 0usize, 0usize, 0usize);
