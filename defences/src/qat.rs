@@ -10,9 +10,10 @@
 //! PyTorch's QAT tutorial (BN after 3 of 8 epochs, observers after 4), so the last epoch trains
 //! against the statistics the deployment uses.
 //!
-//! Until the int8 kernels exist, the owner's deployment runs the fake-quantized model (every
-//! layer's input and folded weight on the int8 grid, in float): the same predictions up to
-//! rounding, but not int8's speed; its `model-bytes` is the int8 file's size.
+//! The owner deploys the int8 model (`harness_core::quant::Int8Model`: integer convolutions and
+//! linear layers, batch norm folded; `int8-agreement-owner-images` is its top-1 agreement with
+//! the fake-quantized model it comes from). Its kernels are portable loops for now, not yet the
+//! SIMD paths, so its latency is not yet int8's speed.
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use harness_core::protect::{
     StolenArtifact, Theft, Victim, check, settings,
 };
 use harness_core::quant::{
-    Divergence, FakeQuantModel, FreezeSchedule, mean_kl, quantization_aware_training,
+    Divergence, FakeQuantModel, FreezeSchedule, Int8Model, mean_kl, quantization_aware_training,
 };
 use harness_core::seeded::derive_seed;
 use harness_core::train::{SgdConfig, TrainConfig};
@@ -160,13 +161,15 @@ pub fn protect_quantized(
         ctx.progress,
         ctx.device,
     )?;
-    let deployed = FakeQuantModel::new(model, qat);
-    let stolen = deployed.dequantized()?;
-    let divergence = owner_divergence(cfg, ctx, &victim.model, &deployed)?;
+    let fake = FakeQuantModel::new(model, qat);
+    let stolen = fake.dequantized()?;
+    let deployed = Int8Model::convert(&fake)?;
+    let (divergence, agreement) = owner_checks(cfg, ctx, &victim.model, &fake, &deployed)?;
     let mut measures = vec![
         Measure::lower("qat-epochs", report.history.len() as f64),
         Measure::timing("qat-seconds", report.train_seconds),
         Measure::higher("divergence-owner-images", divergence),
+        Measure::higher("int8-agreement-owner-images", agreement),
     ];
     if let Some(last) = report.history.last() {
         measures.push(Measure::lower("qat-train-loss", last.train_loss));
@@ -181,16 +184,19 @@ pub fn protect_quantized(
     })
 }
 
-/// Mean KL divergence of the quantized model's answers from the full-precision model's on up
-/// to `eval_images` of the owner's images (the test set is the harness's, not the defence's).
-fn owner_divergence(
+/// On up to `eval_images` of the owner's images (the test set is the harness's, not the
+/// defence's): the mean KL divergence of the fake-quantized model's answers from the
+/// full-precision model's, and the top-1 agreement of the int8 deployment with the
+/// fake-quantized model it was converted from.
+fn owner_checks(
     cfg: &QatConfig,
     ctx: &DefenceContext<'_>,
     reference: &PlainModel,
-    quantized: &FakeQuantModel,
-) -> Result<f64> {
+    fake: &FakeQuantModel,
+    int8: &Int8Model,
+) -> Result<(f64, f64)> {
     let n = ctx.owner_data.len().min(cfg.eval_images);
-    let (mut sum, mut seen) = (0.0f64, 0usize);
+    let (mut kl_sum, mut same, mut seen) = (0.0f64, 0usize, 0usize);
     let idx: Vec<usize> = (0..n).collect();
     for chunk in idx.chunks(256) {
         let xs = datasets::batch::to_tensor(
@@ -200,10 +206,20 @@ fn owner_divergence(
             ctx.device,
         )?;
         let p = reference.logits(&xs)?;
-        let q = quantized.logits(&xs)?;
+        let q = fake.logits(&xs)?;
         let kl = mean_kl(&p, &q, 1.0)?.to_scalar::<f32>()?;
-        sum += f64::from(kl) * chunk.len() as f64;
+        kl_sum += f64::from(kl) * chunk.len() as f64;
+        let a = q.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+        let b = int8
+            .logits(&xs)?
+            .argmax(candle_core::D::Minus1)?
+            .to_vec1::<u32>()?;
+        same += a.iter().zip(&b).filter(|(x, y)| x == y).count();
         seen += chunk.len();
     }
-    Ok(if seen == 0 { 0.0 } else { sum / seen as f64 })
+    Ok(if seen == 0 {
+        (0.0, 1.0)
+    } else {
+        (kl_sum / seen as f64, same as f64 / seen as f64)
+    })
 }

@@ -87,6 +87,7 @@ fn qat_keeps_accuracy_at_a_quarter_of_the_size_and_the_thief_gets_the_dequantize
         "dequantized weights agree with the deployment on {same}"
     );
     assert!(measure(&p, "qat-epochs") == 2.0);
+    assert!(measure(&p, "int8-agreement-owner-images") >= 0.99);
 }
 
 #[test]
@@ -115,4 +116,62 @@ fn divqat_with_alpha_zero_is_qat_and_a_positive_alpha_raises_the_divergence() {
         d1 > 2.0 * d0 && d1 > 0.05,
         "divergence {d0} (qat) -> {d1} (divqat)"
     );
+}
+
+#[test]
+fn the_int8_deployment_agrees_with_the_fake_quantized_model() {
+    use harness_core::quant::{
+        FakeQuantModel, FreezeSchedule, Int8Model, quantization_aware_training,
+    };
+    let (data, victim) = fixture();
+    let model = victim.model.deep_copy().expect("copy");
+    let recipe = harness_core::train::TrainConfig {
+        epochs: 2,
+        ..recipe()
+    };
+    let schedule = FreezeSchedule {
+        batch_norm_after: 1,
+        observers_after: 1,
+    };
+    let (qat, _) = quantization_aware_training(
+        &model,
+        &data.owner,
+        &recipe,
+        schedule,
+        None,
+        false,
+        &Device::Cpu,
+    )
+    .expect("QAT");
+    let fq = FakeQuantModel::new(model, qat);
+    let int8 = Int8Model::convert(&fq).expect("convert");
+    let a = predict(&fq, &data.test);
+    let b = predict(&int8, &data.test);
+    let agree = agreement(&a, &b);
+    assert!(
+        agree >= 0.99,
+        "int8 agrees with fake quantization on {agree}"
+    );
+    // The logits differ by float rounding only (the integer sums are exact).
+    let idx: Vec<usize> = (0..8).collect();
+    let xs = datasets::batch::to_tensor(&data.test, &idx, Some(&NORM), &Device::Cpu).expect("x");
+    let la = fq
+        .logits(&xs)
+        .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+        .expect("fq");
+    let lb = int8
+        .logits(&xs)
+        .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+        .expect("i8");
+    let scale = la.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let diff = la
+        .iter()
+        .zip(&lb)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        diff / scale < 0.05,
+        "largest logit difference {diff} of {scale}"
+    );
+    let ratio = int8.model_bytes() as f64 / victim.model.model_bytes() as f64;
+    assert!((0.2..0.35).contains(&ratio), "int8 size ratio {ratio}");
 }

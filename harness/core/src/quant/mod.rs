@@ -18,12 +18,14 @@
 //! The kernels run on the CPU; other devices get an error naming the op.
 
 pub mod fake;
+pub mod int8;
 pub mod observer;
 pub mod qat;
 pub mod qparams;
 pub mod training;
 
 pub use fake::fake_quantize;
+pub use int8::{Int8Layer, Int8Model};
 pub use observer::{FakeQuantizer, MinMax};
 pub use qat::{LayerQuantizers, Qat};
 pub use qparams::{QParams, QRange, choose};

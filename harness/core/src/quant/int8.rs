@@ -1,0 +1,399 @@
+//! The int8 deployment of a quantization-aware-trained model: every convolution and linear layer
+//! runs on integers (unsigned 8-bit inputs times signed 8-bit weights, summed in 32 bits), with
+//! the batch norm folded into the weights and a float bias; residual additions, pooling and
+//! activations stay in float, as in training (`super::qat`). Running the zoo model through a
+//! layer hook keeps every architecture's structure without a second implementation of it.
+//!
+//! One formula for every layer, so every kernel path gives the same numbers:
+//! - input: `x_q = clamp(zp + round_half_even(x * (1 / s_x)), 0, 127)` (the fake quantizer's
+//!   integer, so a convolution's zero padding is `zp`);
+//! - accumulate: `acc[c] = sum(x_q * w_q[c]) - zp * sum(w_q[c])` exactly in i32 (with inputs at
+//!   most 127 and weights in -128..127 no partial sum can overflow or saturate, which is what the
+//!   reduced 0..127 input range buys on AVX2's 16-bit byte multiply-add);
+//! - output: `y[c] = (acc[c] as f32) * m[c] + b[c]` with `m[c] = s_x * s_w[c]` in f32 and the
+//!   folded bias `b = beta + (bias - running_mean) * gamma / running_std` (or the layer's bias).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor, bail};
+use rayon::prelude::*;
+
+use super::{FakeQuantModel, QParams, Scheme};
+use crate::Result;
+use crate::protect::{Deployed, PlainModel};
+use crate::zoo::{Act, ConvBn, Dense, LayerHook, Pass};
+
+/// One layer on integers.
+#[derive(Debug, Clone)]
+pub struct Int8Layer {
+    /// Weights, `cout x (cin / groups) x k x k` (a linear layer: `out x in`, k = 1).
+    pub weight: Vec<i8>,
+    /// Output channels.
+    pub cout: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Kernel side (1 for a linear layer).
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding.
+    pub padding: usize,
+    /// Groups.
+    pub groups: usize,
+    /// The input's quantization parameters.
+    pub input: QParams,
+    /// `s_x * s_w[c]` per output channel.
+    pub multiplier: Vec<f32>,
+    /// Float bias per output channel (the folded batch norm's shift).
+    pub bias: Vec<f32>,
+    /// `zp * sum(w_q[c])` per output channel.
+    pub zero_correction: Vec<i32>,
+}
+
+impl Int8Layer {
+    /// Bytes of the layer in the int8 file: the weights, and per output channel a scale, a zero
+    /// point and the bias (4 bytes each).
+    pub fn bytes(&self) -> usize {
+        self.weight.len() + 12 * self.cout
+    }
+}
+
+/// A model whose convolutions and linear layers run on integers.
+pub struct Int8Model {
+    /// The float model: its structure, and what stays float (residual additions, pooling).
+    pub model: PlainModel,
+    /// The integer layers by store name.
+    pub layers: BTreeMap<String, Arc<Int8Layer>>,
+    /// Store name prefixes of the batch norms folded into those layers.
+    pub folded: std::collections::BTreeSet<String>,
+}
+
+impl Int8Model {
+    /// Converts a trained fake-quantized model: each layer's frozen input parameters, its
+    /// (batch-norm-scaled) weight quantized per channel, and the folded bias.
+    pub fn convert(fq: &FakeQuantModel) -> Result<Self> {
+        let params = &fq.model.params;
+        let folded = fq.qat.folded_batch_norms();
+        let get = |name: &str| -> Result<Tensor> {
+            params
+                .get(name)
+                .map(|v| v.as_tensor().clone())
+                .ok_or_else(|| crate::Error::Mismatch(format!("no tensor `{name}`")))
+        };
+        let mut layers = BTreeMap::new();
+        // The convolution geometry comes from running the model once with a recording hook.
+        let shapes = record_geometry(&fq.model)?;
+        for (name, q) in fq.qat.layers() {
+            let Some(geo) = shapes.get(&name) else {
+                return Err(crate::Error::Mismatch(format!(
+                    "layer `{name}` was quantized but did not run in the model"
+                )));
+            };
+            let w = get(&format!("{name}.weight"))?;
+            let cout = w.dim(0)?;
+            let bias_of = |n: &str| get(n).ok();
+            let (scaled, bias) = match folded.get(&name) {
+                Some(bn) => {
+                    let std =
+                        (get(&format!("{bn}.running_var"))? + crate::nn::ops::BN_EPS)?.sqrt()?;
+                    let gamma = get(&format!("{bn}.weight"))?;
+                    let factor = gamma.div(&std)?;
+                    let shape: Vec<usize> = std::iter::once(cout)
+                        .chain(std::iter::repeat_n(1, w.rank() - 1))
+                        .collect();
+                    let scaled = w.broadcast_mul(&factor.reshape(shape.as_slice())?)?;
+                    let beta = get(&format!("{bn}.bias"))?;
+                    let mean = get(&format!("{bn}.running_mean"))?;
+                    let conv_bias =
+                        bias_of(&format!("{name}.bias")).map_or_else(|| mean.zeros_like(), Ok)?;
+                    let bias = (beta + conv_bias.sub(&mean)?.mul(&factor)?)?;
+                    (scaled, bias)
+                }
+                None => {
+                    let bias = bias_of(&format!("{name}.bias")).map_or_else(
+                        || Tensor::zeros(cout, candle_core::DType::F32, w.device()),
+                        Ok,
+                    )?;
+                    (w, bias)
+                }
+            };
+            let wp = q.weight.params();
+            let ip = q.input.params().first().copied().unwrap_or(QParams {
+                scale: 1.0,
+                zero_point: 0,
+            });
+            let range = Scheme::Weight.range();
+            let values = scaled.flatten_from(1)?.to_vec2::<f32>()?;
+            let mut weight = Vec::with_capacity(scaled.elem_count());
+            let mut multiplier = Vec::with_capacity(cout);
+            let mut zero_correction = Vec::with_capacity(cout);
+            for (c, row) in values.iter().enumerate() {
+                let p = wp.get(c).or(wp.first()).copied().unwrap_or(QParams {
+                    scale: 1.0,
+                    zero_point: 0,
+                });
+                let inv = 1.0 / p.scale;
+                let mut sum = 0i32;
+                for &v in row {
+                    let q = ((p.zero_point as f32 + (v * inv).round_ties_even()) as i64)
+                        .clamp(i64::from(range.min), i64::from(range.max));
+                    let q = (q - i64::from(p.zero_point)) as i8;
+                    sum += i32::from(q);
+                    weight.push(q);
+                }
+                multiplier.push(ip.scale * p.scale);
+                zero_correction.push(ip.zero_point * sum);
+            }
+            layers.insert(
+                name.clone(),
+                Arc::new(Int8Layer {
+                    weight,
+                    cout,
+                    cin: geo.cin,
+                    k: geo.k,
+                    stride: geo.stride,
+                    padding: geo.padding,
+                    groups: geo.groups,
+                    input: ip,
+                    multiplier,
+                    bias: bias.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+                    zero_correction,
+                }),
+            );
+        }
+        Ok(Self {
+            model: fq.model.clone(),
+            layers,
+            folded: folded.into_values().collect(),
+        })
+    }
+
+    fn layer(&self, name: &str) -> candle_core::Result<&Int8Layer> {
+        match self.layers.get(name) {
+            Some(l) => Ok(l),
+            None => bail!("layer `{name}` has no int8 form"),
+        }
+    }
+}
+
+/// Geometry of a layer seen in a forward pass.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    cin: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+}
+
+/// Runs `model` once on a small input and records each conv / linear layer's geometry.
+fn record_geometry(model: &PlainModel) -> Result<BTreeMap<String, Geometry>> {
+    struct Recorder(std::sync::Mutex<BTreeMap<String, Geometry>>);
+    impl LayerHook for Recorder {
+        fn conv(&self, unit: &ConvBn, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+            let w = unit.conv.weight();
+            let cfg = unit.conv.config();
+            let (_, cin, k, _) = w.dims4()?;
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(
+                    unit.name.clone(),
+                    Geometry {
+                        cin: cin * cfg.groups,
+                        k,
+                        stride: cfg.stride,
+                        padding: cfg.padding,
+                        groups: cfg.groups,
+                    },
+                );
+            unit.forward_plain(xs, train)
+        }
+        fn linear(&self, unit: &Dense, xs: &Tensor) -> candle_core::Result<Tensor> {
+            let (_, cin) = unit.linear.weight().dims2()?;
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(
+                    unit.name.clone(),
+                    Geometry {
+                        cin,
+                        k: 1,
+                        stride: 1,
+                        padding: 0,
+                        groups: 1,
+                    },
+                );
+            unit.forward_plain(xs)
+        }
+    }
+    let spec = &model.spec;
+    let side = 32;
+    let x = Tensor::zeros(
+        (1, spec.in_channels, side, side),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )?;
+    let rec = Recorder(std::sync::Mutex::new(BTreeMap::new()));
+    let n = model.model.stages().len();
+    model
+        .model
+        .forward_range(0..n, &x, &Pass::new(false).with_layer_hook(&rec))?;
+    Ok(rec
+        .0
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// The integer of each input value (the fake quantizer's, clamped to 0..127).
+fn quantize_input(x: &[f32], p: QParams) -> Vec<u8> {
+    let inv = 1.0 / p.scale;
+    let zp = p.zero_point as f32;
+    x.iter()
+        .map(|&v| ((zp + (v * inv).round_ties_even()) as i64).clamp(0, 127) as u8)
+        .collect()
+}
+
+/// Integer convolution of one batch: `x_q` is `n x cin x h x w`; returns float outputs
+/// `n x cout x ho x wo` by the module's formula.
+fn conv_int8(l: &Int8Layer, x_q: &[u8], n: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
+    let (k, s, p, g) = (l.k, l.stride, l.padding, l.groups);
+    let ho = (h + 2 * p - k) / s + 1;
+    let wo = (w + 2 * p - k) / s + 1;
+    let (cin_g, cout_g) = (l.cin / g, l.cout / g);
+    let kk = cin_g * k * k;
+    let plane = ho * wo;
+    let zp = l.input.zero_point.clamp(0, 127) as u8;
+    let mut out = vec![0f32; n * l.cout * plane];
+    out.par_chunks_mut(l.cout * plane)
+        .enumerate()
+        .for_each(|(img, y)| {
+            let xi = &x_q[img * l.cin * h * w..(img + 1) * l.cin * h * w];
+            let mut cols = vec![zp; kk * plane];
+            let mut acc = vec![0i32; plane];
+            for gi in 0..g {
+                // im2col of this group's channels; out-of-image taps keep the zero point.
+                for ci in 0..cin_g {
+                    let src = &xi[(gi * cin_g + ci) * h * w..(gi * cin_g + ci + 1) * h * w];
+                    for ki in 0..k {
+                        for kj in 0..k {
+                            let row = &mut cols[((ci * k + ki) * k + kj) * plane..][..plane];
+                            for oh in 0..ho {
+                                let ih = (oh * s + ki) as isize - p as isize;
+                                if ih < 0 || ih >= h as isize {
+                                    row[oh * wo..(oh + 1) * wo].fill(zp);
+                                    continue;
+                                }
+                                for ow in 0..wo {
+                                    let iw = (ow * s + kj) as isize - p as isize;
+                                    row[oh * wo + ow] = if iw < 0 || iw >= w as isize {
+                                        zp
+                                    } else {
+                                        src[ih as usize * w + iw as usize]
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
+                for co in gi * cout_g..(gi + 1) * cout_g {
+                    acc.fill(0);
+                    let wrow = &l.weight[co * kk..(co + 1) * kk];
+                    for (r, &wv) in wrow.iter().enumerate() {
+                        if wv == 0 {
+                            continue;
+                        }
+                        let wv = i32::from(wv);
+                        for (a, &c) in acc.iter_mut().zip(&cols[r * plane..(r + 1) * plane]) {
+                            *a += wv * i32::from(c);
+                        }
+                    }
+                    let (m, b, zc) = (l.multiplier[co], l.bias[co], l.zero_correction[co]);
+                    for (o, &a) in y[co * plane..(co + 1) * plane].iter_mut().zip(&acc) {
+                        *o = (a - zc) as f32 * m + b;
+                    }
+                }
+            }
+        });
+    (out, ho, wo)
+}
+
+/// Integer linear layer: `x_q` is `n x in`; returns `n x out` floats.
+fn linear_int8(l: &Int8Layer, x_q: &[u8], n: usize) -> Vec<f32> {
+    let cin = l.cin;
+    let mut out = vec![0f32; n * l.cout];
+    out.par_chunks_mut(l.cout).enumerate().for_each(|(i, y)| {
+        let xi = &x_q[i * cin..(i + 1) * cin];
+        for (o, v) in y.iter_mut().enumerate() {
+            let wr = &l.weight[o * cin..(o + 1) * cin];
+            let acc: i32 = xi
+                .iter()
+                .zip(wr)
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+            *v = (acc - l.zero_correction[o]) as f32 * l.multiplier[o] + l.bias[o];
+        }
+    });
+    out
+}
+
+impl LayerHook for Int8Model {
+    fn conv(&self, unit: &ConvBn, xs: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
+        let l = self.layer(&unit.name)?;
+        let (n, c, h, w) = xs.dims4()?;
+        if c != l.cin {
+            bail!("layer `{}` expects {} channels, got {c}", unit.name, l.cin);
+        }
+        let x = xs
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let x_q = quantize_input(&x, l.input);
+        let (y, ho, wo) = conv_int8(l, &x_q, n, h, w);
+        let ys = Tensor::from_vec(y, (n, l.cout, ho, wo), &Device::Cpu)?.to_device(xs.device())?;
+        match unit.act {
+            Act::Relu => crate::nn::relu(&ys),
+            Act::Identity => Ok(ys),
+        }
+    }
+
+    fn linear(&self, unit: &Dense, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let l = self.layer(&unit.name)?;
+        let (n, c) = xs.dims2()?;
+        if c != l.cin {
+            bail!("layer `{}` expects {} inputs, got {c}", unit.name, l.cin);
+        }
+        let x = xs
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let y = linear_int8(l, &quantize_input(&x, l.input), n);
+        Tensor::from_vec(y, (n, l.cout), &Device::Cpu)?.to_device(xs.device())
+    }
+}
+
+impl Deployed for Int8Model {
+    fn logits(&self, images: &Tensor) -> Result<Tensor> {
+        let n = self.model.model.stages().len();
+        let pass = Pass::new(false).with_layer_hook(self);
+        Ok(self.model.model.forward_range(0..n, images, &pass)?)
+    }
+
+    /// The int8 file: each layer's [`Int8Layer::bytes`], plus every tensor no layer or folded
+    /// batch norm took, in its own type.
+    fn model_bytes(&self) -> usize {
+        let layer_bytes: usize = self.layers.values().map(|l| l.bytes()).sum();
+        let mut rest = 0usize;
+        for name in self.model.params.names() {
+            let (prefix, _) = name.rsplit_once('.').unwrap_or(("", name.as_str()));
+            if self.layers.contains_key(prefix) || self.folded.contains(prefix) {
+                continue;
+            }
+            if let Some(t) = self.model.params.get(&name) {
+                rest += t.elem_count() * t.dtype().size_in_bytes();
+            }
+        }
+        layer_bytes + rest
+    }
+}
