@@ -256,67 +256,83 @@ fn quantize_input(x: &[f32], p: QParams) -> Vec<u8> {
 }
 
 /// Integer convolution of one batch: `x_q` is `n x cin x h x w`; returns float outputs
-/// `n x cout x ho x wo` by the module's formula.
+/// `n x cout x ho x wo` by the module's formula. The column matrices of every (image, group)
+/// are built in parallel, then every (image, output channel) plane is computed in parallel, so a
+/// single image (batch-1 latency) uses every thread too.
 fn conv_int8(l: &Int8Layer, x_q: &[u8], n: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
-    let (k, s, p, g) = (l.k, l.stride, l.padding, l.groups);
-    let ho = (h + 2 * p - k) / s + 1;
-    let wo = (w + 2 * p - k) / s + 1;
+    let (k, g) = (l.k, l.groups);
+    let ho = (h + 2 * l.padding - k) / l.stride + 1;
+    let wo = (w + 2 * l.padding - k) / l.stride + 1;
     let (cin_g, cout_g) = (l.cin / g, l.cout / g);
     let kk = cin_g * k * k;
     let plane = ho * wo;
-    let zp = l.input.zero_point.clamp(0, 127) as u8;
+    let cols: Vec<Vec<u8>> = (0..n * g)
+        .into_par_iter()
+        .map(|ig| {
+            let (img, gi) = (ig / g, ig % g);
+            let first = (img * l.cin + gi * cin_g) * h * w;
+            im2col(l, &x_q[first..first + cin_g * h * w], cin_g, h, w, ho, wo)
+        })
+        .collect();
     let mut out = vec![0f32; n * l.cout * plane];
-    out.par_chunks_mut(l.cout * plane)
-        .enumerate()
-        .for_each(|(img, y)| {
-            let xi = &x_q[img * l.cin * h * w..(img + 1) * l.cin * h * w];
-            let mut cols = vec![zp; kk * plane];
-            let mut acc = vec![0i32; plane];
-            for gi in 0..g {
-                // im2col of this group's channels; out-of-image taps keep the zero point.
-                for ci in 0..cin_g {
-                    let src = &xi[(gi * cin_g + ci) * h * w..(gi * cin_g + ci + 1) * h * w];
-                    for ki in 0..k {
-                        for kj in 0..k {
-                            let row = &mut cols[((ci * k + ki) * k + kj) * plane..][..plane];
-                            for oh in 0..ho {
-                                let ih = (oh * s + ki) as isize - p as isize;
-                                if ih < 0 || ih >= h as isize {
-                                    row[oh * wo..(oh + 1) * wo].fill(zp);
-                                    continue;
-                                }
-                                for ow in 0..wo {
-                                    let iw = (ow * s + kj) as isize - p as isize;
-                                    row[oh * wo + ow] = if iw < 0 || iw >= w as isize {
-                                        zp
-                                    } else {
-                                        src[ih as usize * w + iw as usize]
-                                    };
-                                }
-                            }
-                        }
+    out.par_chunks_mut(plane).enumerate().for_each(|(idx, y)| {
+        let (img, co) = (idx / l.cout, idx % l.cout);
+        let cols = &cols[img * g + co / cout_g];
+        let mut acc = vec![0i32; plane];
+        let wrow = &l.weight[co * kk..(co + 1) * kk];
+        for (r, &wv) in wrow.iter().enumerate() {
+            if wv == 0 {
+                continue;
+            }
+            let wv = i32::from(wv);
+            for (a, &c) in acc.iter_mut().zip(&cols[r * plane..(r + 1) * plane]) {
+                *a += wv * i32::from(c);
+            }
+        }
+        let (m, b, zc) = (l.multiplier[co], l.bias[co], l.zero_correction[co]);
+        for (o, &a) in y.iter_mut().zip(&acc) {
+            *o = (a - zc) as f32 * m + b;
+        }
+    });
+    (out, ho, wo)
+}
+
+/// The column matrix (`cin_g * k * k` rows of `ho * wo`) of one image's channels of one group;
+/// taps outside the image hold the input's zero point (a float zero).
+fn im2col(
+    l: &Int8Layer,
+    xi: &[u8],
+    cin_g: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+) -> Vec<u8> {
+    let (k, s, p) = (l.k, l.stride, l.padding);
+    let plane = ho * wo;
+    let zp = l.input.zero_point.clamp(0, 127) as u8;
+    let mut cols = vec![zp; cin_g * k * k * plane];
+    for ci in 0..cin_g {
+        let src = &xi[ci * h * w..(ci + 1) * h * w];
+        for ki in 0..k {
+            for kj in 0..k {
+                let row = &mut cols[((ci * k + ki) * k + kj) * plane..][..plane];
+                for oh in 0..ho {
+                    let ih = (oh * s + ki) as isize - p as isize;
+                    if ih < 0 || ih >= h as isize {
+                        continue;
                     }
-                }
-                for co in gi * cout_g..(gi + 1) * cout_g {
-                    acc.fill(0);
-                    let wrow = &l.weight[co * kk..(co + 1) * kk];
-                    for (r, &wv) in wrow.iter().enumerate() {
-                        if wv == 0 {
-                            continue;
+                    for ow in 0..wo {
+                        let iw = (ow * s + kj) as isize - p as isize;
+                        if iw >= 0 && iw < w as isize {
+                            row[oh * wo + ow] = src[ih as usize * w + iw as usize];
                         }
-                        let wv = i32::from(wv);
-                        for (a, &c) in acc.iter_mut().zip(&cols[r * plane..(r + 1) * plane]) {
-                            *a += wv * i32::from(c);
-                        }
-                    }
-                    let (m, b, zc) = (l.multiplier[co], l.bias[co], l.zero_correction[co]);
-                    for (o, &a) in y[co * plane..(co + 1) * plane].iter_mut().zip(&acc) {
-                        *o = (a - zc) as f32 * m + b;
                     }
                 }
             }
-        });
-    (out, ho, wo)
+        }
+    }
+    cols
 }
 
 /// Integer linear layer: `x_q` is `n x in`; returns `n x out` floats.
