@@ -27,8 +27,13 @@ use crate::zoo::{Act, ConvBn, Dense, LayerHook, Pass};
 /// One layer on integers.
 #[derive(Debug, Clone)]
 pub struct Int8Layer {
-    /// Weights, `cout x (cin / groups) x k x k` (a linear layer: `out x in`, k = 1).
+    /// Weights, one row of `(cin / groups) x k x k` per output channel (a linear layer's `in`),
+    /// each zero-padded to `row` bytes ([`super::dot::padded`]).
     pub weight: Vec<i8>,
+    /// Values per weight row (`(cin / groups) x k x k`).
+    pub kk: usize,
+    /// Padded row length.
+    pub row: usize,
     /// Output channels.
     pub cout: usize,
     /// Input channels.
@@ -55,7 +60,7 @@ impl Int8Layer {
     /// Bytes of the layer in the int8 file: the weights, and per output channel a scale, a zero
     /// point and the bias (4 bytes each).
     pub fn bytes(&self) -> usize {
-        self.weight.len() + 12 * self.cout
+        self.kk * self.cout + 12 * self.cout
     }
 }
 
@@ -125,23 +130,26 @@ impl Int8Model {
             });
             let range = Scheme::Weight.range();
             let values = scaled.flatten_from(1)?.to_vec2::<f32>()?;
-            let mut weight = Vec::with_capacity(scaled.elem_count());
+            let kk = values.first().map_or(0, Vec::len);
+            let row = super::dot::padded(kk);
+            let mut weight = Vec::with_capacity(cout * row);
             let mut multiplier = Vec::with_capacity(cout);
             let mut zero_correction = Vec::with_capacity(cout);
-            for (c, row) in values.iter().enumerate() {
+            for (c, vals) in values.iter().enumerate() {
                 let p = wp.get(c).or(wp.first()).copied().unwrap_or(QParams {
                     scale: 1.0,
                     zero_point: 0,
                 });
                 let inv = 1.0 / p.scale;
                 let mut sum = 0i32;
-                for &v in row {
+                for &v in vals {
                     let q = ((p.zero_point as f32 + (v * inv).round_ties_even()) as i64)
                         .clamp(i64::from(range.min), i64::from(range.max));
                     let q = (q - i64::from(p.zero_point)) as i8;
                     sum += i32::from(q);
                     weight.push(q);
                 }
+                weight.resize(weight.len() + (row - kk), 0);
                 multiplier.push(ip.scale * p.scale);
                 zero_correction.push(ip.zero_point * sum);
             }
@@ -149,6 +157,8 @@ impl Int8Model {
                 name.clone(),
                 Arc::new(Int8Layer {
                     weight,
+                    kk,
+                    row,
                     cout,
                     cin: geo.cin,
                     k: geo.k,
@@ -256,50 +266,57 @@ fn quantize_input(x: &[f32], p: QParams) -> Vec<u8> {
 }
 
 /// Integer convolution of one batch: `x_q` is `n x cin x h x w`; returns float outputs
-/// `n x cout x ho x wo` by the module's formula. The column matrices of every (image, group)
-/// are built in parallel, then every (image, output channel) plane is computed in parallel, so a
-/// single image (batch-1 latency) uses every thread too.
+/// `n x cout x ho x wo` by the module's formula. The patch matrices of every (image, group) are
+/// built in parallel, then every (image, block of four output channels) in parallel, so a single
+/// image (batch-1 latency) uses every thread too.
 fn conv_int8(l: &Int8Layer, x_q: &[u8], n: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
     let (k, g) = (l.k, l.groups);
     let ho = (h + 2 * l.padding - k) / l.stride + 1;
     let wo = (w + 2 * l.padding - k) / l.stride + 1;
     let (cin_g, cout_g) = (l.cin / g, l.cout / g);
-    let kk = cin_g * k * k;
     let plane = ho * wo;
-    let cols: Vec<Vec<u8>> = (0..n * g)
+    let patches: Vec<Vec<u8>> = (0..n * g)
         .into_par_iter()
         .map(|ig| {
             let (img, gi) = (ig / g, ig % g);
             let first = (img * l.cin + gi * cin_g) * h * w;
-            im2col(l, &x_q[first..first + cin_g * h * w], cin_g, h, w, ho, wo)
+            im2row(l, &x_q[first..first + cin_g * h * w], cin_g, h, w, ho, wo)
         })
         .collect();
+    let blocks = cout_g.div_ceil(4);
     let mut out = vec![0f32; n * l.cout * plane];
-    out.par_chunks_mut(plane).enumerate().for_each(|(idx, y)| {
-        let (img, co) = (idx / l.cout, idx % l.cout);
-        let cols = &cols[img * g + co / cout_g];
-        let mut acc = vec![0i32; plane];
-        let wrow = &l.weight[co * kk..(co + 1) * kk];
-        for (r, &wv) in wrow.iter().enumerate() {
-            if wv == 0 {
-                continue;
-            }
-            let wv = i32::from(wv);
-            for (a, &c) in acc.iter_mut().zip(&cols[r * plane..(r + 1) * plane]) {
-                *a += wv * i32::from(c);
+    // Tasks: (image, group, block of up to four channels of the group), each writing its planes.
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(n * g * blocks);
+    for (img, y_img) in out.chunks_mut(l.cout * plane).enumerate() {
+        for (gi, y_group) in y_img.chunks_mut(cout_g * plane).enumerate() {
+            for (b, y_block) in y_group.chunks_mut(4 * plane).enumerate() {
+                tasks.push((img * g + gi, gi * cout_g + b * 4, y_block));
             }
         }
-        let (m, b, zc) = (l.multiplier[co], l.bias[co], l.zero_correction[co]);
-        for (o, &a) in y.iter_mut().zip(&acc) {
-            *o = (a - zc) as f32 * m + b;
+    }
+    tasks.into_par_iter().for_each(|(ig, co0, y)| {
+        let rows = y.len() / plane;
+        let mut acc = vec![0i32; rows * plane];
+        let weights = &l.weight[co0 * l.row..(co0 + rows) * l.row];
+        super::dot::dot_rows(&patches[ig], weights, l.row, rows, &mut acc);
+        for j in 0..rows {
+            let co = co0 + j;
+            let (m, b, zc) = (l.multiplier[co], l.bias[co], l.zero_correction[co]);
+            for (o, &a) in y[j * plane..(j + 1) * plane]
+                .iter_mut()
+                .zip(&acc[j * plane..(j + 1) * plane])
+            {
+                *o = (a - zc) as f32 * m + b;
+            }
         }
     });
     (out, ho, wo)
 }
 
-/// The column matrix (`cin_g * k * k` rows of `ho * wo`) of one image's channels of one group;
-/// taps outside the image hold the input's zero point (a float zero).
-fn im2col(
+/// The patch matrix of one image's channels of one group: a row of `l.row` bytes per output
+/// pixel (channel, kernel row, kernel column order, as the weights), taps outside the image
+/// holding the input's zero point (a float zero) and the row padding zeros.
+fn im2row(
     l: &Int8Layer,
     xi: &[u8],
     cin_g: usize,
@@ -309,48 +326,45 @@ fn im2col(
     wo: usize,
 ) -> Vec<u8> {
     let (k, s, p) = (l.k, l.stride, l.padding);
-    let plane = ho * wo;
     let zp = l.input.zero_point.clamp(0, 127) as u8;
-    let mut cols = vec![zp; cin_g * k * k * plane];
-    for ci in 0..cin_g {
-        let src = &xi[ci * h * w..(ci + 1) * h * w];
-        for ki in 0..k {
-            for kj in 0..k {
-                let row = &mut cols[((ci * k + ki) * k + kj) * plane..][..plane];
-                for oh in 0..ho {
+    let mut rows = vec![0u8; ho * wo * l.row];
+    for oh in 0..ho {
+        for ow in 0..wo {
+            let r = &mut rows[(oh * wo + ow) * l.row..][..l.kk];
+            for ci in 0..cin_g {
+                let src = &xi[ci * h * w..(ci + 1) * h * w];
+                for ki in 0..k {
                     let ih = (oh * s + ki) as isize - p as isize;
-                    if ih < 0 || ih >= h as isize {
-                        continue;
-                    }
-                    for ow in 0..wo {
+                    for kj in 0..k {
                         let iw = (ow * s + kj) as isize - p as isize;
-                        if iw >= 0 && iw < w as isize {
-                            row[oh * wo + ow] = src[ih as usize * w + iw as usize];
-                        }
+                        r[(ci * k + ki) * k + kj] =
+                            if ih < 0 || ih >= h as isize || iw < 0 || iw >= w as isize {
+                                zp
+                            } else {
+                                src[ih as usize * w + iw as usize]
+                            };
                     }
                 }
             }
         }
     }
-    cols
+    rows
 }
 
 /// Integer linear layer: `x_q` is `n x in`; returns `n x out` floats.
 fn linear_int8(l: &Int8Layer, x_q: &[u8], n: usize) -> Vec<f32> {
-    let cin = l.cin;
+    let mut padded = vec![0u8; n * l.row];
+    for (dst, src) in padded.chunks_mut(l.row).zip(x_q.chunks(l.cin)) {
+        dst[..l.cin].copy_from_slice(src);
+    }
+    let mut acc = vec![0i32; l.cout * n];
+    super::dot::dot_rows(&padded, &l.weight, l.row, l.cout, &mut acc);
     let mut out = vec![0f32; n * l.cout];
-    out.par_chunks_mut(l.cout).enumerate().for_each(|(i, y)| {
-        let xi = &x_q[i * cin..(i + 1) * cin];
+    for (i, y) in out.chunks_mut(l.cout).enumerate() {
         for (o, v) in y.iter_mut().enumerate() {
-            let wr = &l.weight[o * cin..(o + 1) * cin];
-            let acc: i32 = xi
-                .iter()
-                .zip(wr)
-                .map(|(&a, &b)| i32::from(a) * i32::from(b))
-                .sum();
-            *v = (acc - l.zero_correction[o]) as f32 * l.multiplier[o] + l.bias[o];
+            *v = (acc[o * n + i] - l.zero_correction[o]) as f32 * l.multiplier[o] + l.bias[o];
         }
-    });
+    }
     out
 }
 

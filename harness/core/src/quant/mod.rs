@@ -17,6 +17,7 @@
 //!
 //! The kernels run on the CPU; other devices get an error naming the op.
 
+pub mod dot;
 pub mod fake;
 pub mod int8;
 pub mod observer;
