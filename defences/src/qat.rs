@@ -12,8 +12,8 @@
 //!
 //! The owner deploys the int8 model (`harness_core::quant::Int8Model`: integer convolutions and
 //! linear layers, batch norm folded; `int8-agreement-owner-images` is its top-1 agreement with
-//! the fake-quantized model it comes from). Its kernels are portable loops for now, not yet the
-//! SIMD paths, so its latency is not yet int8's speed.
+//! the fake-quantized model it comes from). Its dot products use AVX2 where present, but the
+//! patch gathering around them does not yet, so its latency is not yet int8's speed.
 
 use std::sync::Arc;
 
