@@ -322,6 +322,11 @@ pub struct BenchArgs {
     /// Force candle's stock kernels (to compare with the fast CPU path).
     #[arg(long)]
     pub stock: bool,
+    /// `int8` also measures the model's int8 deployment (observers calibrated on the random
+    /// inputs, batch norm folded) beside f32: inference at --infer-batch and batch-1 latency,
+    /// the latter as a paired ratio to f32 timed in the same rounds.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "int8"])]
+    pub precision: String,
     /// Print one JSON object on the last line of stdout.
     #[arg(long)]
     pub json: bool,

@@ -78,3 +78,44 @@ fn bench_zero_rounds_is_a_usage_error() {
         .expect("run harness");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn bench_int8_measures_the_int8_deployment_beside_f32() {
+    let out = harness()
+        .args([
+            "bench",
+            "--model",
+            "vgg-small",
+            "--train-batch",
+            "4",
+            "--infer-batch",
+            "4",
+            "--rounds",
+            "1",
+            "--precision",
+            "int8",
+            "--json",
+        ])
+        .output()
+        .expect("run harness");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("int8 infer img/s"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    for key in [
+        "int8_infer_images_per_second",
+        "int8_latency_ms_p50",
+        "int8_latency_ratio",
+        "int8_latency_ratio_low",
+        "int8_latency_ratio_high",
+    ] {
+        let x = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing"));
+        assert!(x > 0.0 && x.is_finite(), "{key} = {x}");
+    }
+    assert!(v["int8_latency_ratio_low"].as_f64() <= v["int8_latency_ratio_high"].as_f64());
+}

@@ -85,6 +85,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let train = bench_train(model.as_ref(), &params, &mut inputs, &args)?;
     let infer = bench_infer(model.as_ref(), &mut inputs, &args)?;
     let latency = bench_latency(model.as_ref(), &mut inputs)?;
+    let int8 = if args.precision == "int8" {
+        Some(bench_int8(
+            &ModelSpec::new(arch, CLASSES),
+            &params,
+            &mut inputs,
+            &args,
+        )?)
+    } else {
+        None
+    };
     let peak_rss_bytes = peak_rss_bytes();
     let threads = candle_core::utils::get_num_threads();
 
@@ -122,6 +132,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         latency.self_ratio.low,
         latency.self_ratio.high
     );
+    if let Some(q) = &int8 {
+        row(
+            format!("int8 infer img/s (b{})", args.infer_batch),
+            &q.infer,
+        );
+        println!(
+            "{:<28} {:>10.3} [{:.3}, {:.3}]   (int8 / f32, interleaved; int8 p50 {:.3} ms)",
+            "int8 latency b1 ratio", q.ratio.median, q.ratio.low, q.ratio.high, q.latency_p50
+        );
+    }
     println!(
         "{:<28} {:>10.1} MiB",
         "peak resident memory",
@@ -159,6 +179,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "latency_self_ratio": latency.self_ratio.median,
             "latency_self_ratio_low": latency.self_ratio.low,
             "latency_self_ratio_high": latency.self_ratio.high,
+            "int8_infer_images_per_second": int8.as_ref().map(|q| q.infer.median),
+            "int8_latency_ms_p50": int8.as_ref().map(|q| q.latency_p50),
+            "int8_latency_ratio": int8.as_ref().map(|q| q.ratio.median),
+            "int8_latency_ratio_low": int8.as_ref().map(|q| q.ratio.low),
+            "int8_latency_ratio_high": int8.as_ref().map(|q| q.ratio.high),
             "peak_rss_bytes": peak_rss_bytes,
             "provenance": Provenance::collect(&device),
         });
@@ -352,6 +377,69 @@ fn bench_latency(model: &dyn Model, inputs: &mut Inputs) -> anyhow::Result<Laten
         p99: summary.p99,
         max: summary.max,
         self_ratio: paired_ratio(&times[1], &times[0]),
+    })
+}
+
+/// What the int8 deployment of the benchmarked model measured.
+struct Int8Figures {
+    infer: Stats,
+    latency_p50: f64,
+    /// int8 / f32 batch-1 latency, paired.
+    ratio: Ratio,
+}
+
+/// The model's int8 deployment: observers calibrated on four batches of the random inputs (no
+/// training; the weights are the benchmark's), frozen, batch norm folded, then inference
+/// throughput as `bench_infer` measures f32's and batch-1 latency interleaved with f32.
+fn bench_int8(
+    spec: &ModelSpec,
+    params: &ParamStore,
+    inputs: &mut Inputs,
+    args: &BenchArgs,
+) -> anyhow::Result<Int8Figures> {
+    use harness_core::protect::{Deployed, PlainModel};
+    use harness_core::quant::{FakeQuantModel, Int8Model, Qat};
+    let plain = PlainModel::build(spec.clone(), params.clone())?;
+    let qat = std::sync::Arc::new(Qat::new());
+    let stages = plain.model.stages().len();
+    for _ in 0..4 {
+        let x = inputs.images(32)?;
+        let pass = harness_core::zoo::Pass::new(false).with_layer_hook(&*qat);
+        plain.model.forward_range(0..stages, &x, &pass)?;
+    }
+    let int8 = Int8Model::convert(&FakeQuantModel::new(plain.clone(), qat))?;
+    let x = inputs.images(args.infer_batch)?;
+    let forward =
+        || -> anyhow::Result<Vec<f32>> { Ok(int8.logits(&x)?.flatten_all()?.to_vec1::<f32>()?) };
+    for _ in 0..INFER_WARMUP {
+        forward()?;
+    }
+    let mut rates = Vec::with_capacity(args.rounds);
+    for _ in 0..args.rounds {
+        let start = Instant::now();
+        for _ in 0..INFER_PER_ROUND {
+            forward()?;
+        }
+        rates.push((args.infer_batch * INFER_PER_ROUND) as f64 / start.elapsed().as_secs_f64());
+    }
+    let one = inputs.images(1)?;
+    let plan = LatencyPlan {
+        warmup_rounds: LATENCY_WARMUP,
+        rounds: LATENCY_RUNS,
+    };
+    let times = time_interleaved(2, plan, |i| {
+        let out = if i == 0 {
+            plain.model.forward_t(&one, false)?
+        } else {
+            int8.logits(&one)?
+        };
+        std::hint::black_box(out.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    })?;
+    Ok(Int8Figures {
+        infer: Stats::of(&rates),
+        latency_p50: Summary::of(&times[1]).p50,
+        ratio: paired_ratio(&times[1], &times[0]),
     })
 }
 
