@@ -28,7 +28,7 @@ use crate::zoo::{Act, ConvBn, Dense, LayerHook, Pass};
 #[derive(Debug, Clone)]
 pub struct Int8Layer {
     /// Weights, one row of `(cin / groups) x k x k` per output channel (a linear layer's `in`),
-    /// each zero-padded to `row` bytes ([`super::dot::padded`]).
+    /// each zero-padded to `row` bytes ([`super::dot::padded_k`]).
     pub weight: Vec<i8>,
     /// Values per weight row (`(cin / groups) x k x k`).
     pub kk: usize,
@@ -131,7 +131,7 @@ impl Int8Model {
             let range = Scheme::Weight.range();
             let values = scaled.flatten_from(1)?.to_vec2::<f32>()?;
             let kk = values.first().map_or(0, Vec::len);
-            let row = super::dot::padded(kk);
+            let row = super::dot::padded_k(kk);
             let mut weight = Vec::with_capacity(cout * row);
             let mut multiplier = Vec::with_capacity(cout);
             let mut zero_correction = Vec::with_capacity(cout);
@@ -256,17 +256,26 @@ fn record_geometry(model: &PlainModel) -> Result<BTreeMap<String, Geometry>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
-/// The integer of each input value (the fake quantizer's, clamped to 0..127).
+/// The integer of each input value (the fake quantizer's, clamped to 0..127). Rounding half
+/// to even by adding and subtracting 1.5 x 2^23 (exact for |v| < 2^22 in the default rounding
+/// mode; larger values clamp to the same end either way) avoids a libm call per value on CPUs
+/// without SSE4.1's rounding instruction in the baseline.
 fn quantize_input(x: &[f32], p: QParams) -> Vec<u8> {
+    const MAGIC: f32 = 12_582_912.0;
     let inv = 1.0 / p.scale;
     let zp = p.zero_point as f32;
     x.iter()
-        .map(|&v| ((zp + (v * inv).round_ties_even()) as i64).clamp(0, 127) as u8)
+        .map(|&v| {
+            // Beyond 2^22 the value clamps to an end anyway; NaN stays NaN (and becomes 0).
+            let t = (v * inv).clamp(-4_194_304.0, 4_194_304.0);
+            let r = (t + MAGIC) - MAGIC;
+            ((zp + r) as i64).clamp(0, 127) as u8
+        })
         .collect()
 }
 
 /// Integer convolution of one batch: `x_q` is `n x cin x h x w`; returns float outputs
-/// `n x cout x ho x wo` by the module's formula. The patch matrices of every (image, group) are
+/// `n x cout x ho x wo` by the module's formula. The packed patches of every (image, group) are
 /// built in parallel, then every (image, block of four output channels) in parallel, so a single
 /// image (batch-1 latency) uses every thread too.
 fn conv_int8(l: &Int8Layer, x_q: &[u8], n: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
@@ -275,18 +284,27 @@ fn conv_int8(l: &Int8Layer, x_q: &[u8], n: usize, h: usize, w: usize) -> (Vec<f3
     let wo = (w + 2 * l.padding - k) / l.stride + 1;
     let (cin_g, cout_g) = (l.cin / g, l.cout / g);
     let plane = ho * wo;
+    let pixels = super::dot::padded_pixels(plane);
     let patches: Vec<Vec<u8>> = (0..n * g)
         .into_par_iter()
         .map(|ig| {
             let (img, gi) = (ig / g, ig % g);
             let first = (img * l.cin + gi * cin_g) * h * w;
-            im2row(l, &x_q[first..first + cin_g * h * w], cin_g, h, w, ho, wo)
+            pack_patches(
+                l,
+                &x_q[first..first + cin_g * h * w],
+                cin_g,
+                h,
+                w,
+                ho,
+                wo,
+                pixels,
+            )
         })
         .collect();
-    let blocks = cout_g.div_ceil(4);
     let mut out = vec![0f32; n * l.cout * plane];
-    // Tasks: (image, group, block of up to four channels of the group), each writing its planes.
-    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(n * g * blocks);
+    // Tasks: (image and group, first channel, the planes of up to four channels of the group).
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
     for (img, y_img) in out.chunks_mut(l.cout * plane).enumerate() {
         for (gi, y_group) in y_img.chunks_mut(cout_g * plane).enumerate() {
             for (b, y_block) in y_group.chunks_mut(4 * plane).enumerate() {
@@ -296,15 +314,15 @@ fn conv_int8(l: &Int8Layer, x_q: &[u8], n: usize, h: usize, w: usize) -> (Vec<f3
     }
     tasks.into_par_iter().for_each(|(ig, co0, y)| {
         let rows = y.len() / plane;
-        let mut acc = vec![0i32; rows * plane];
+        let mut acc = vec![0i32; rows * pixels];
         let weights = &l.weight[co0 * l.row..(co0 + rows) * l.row];
-        super::dot::dot_rows(&patches[ig], weights, l.row, rows, &mut acc);
+        super::dot::matmul(&patches[ig], pixels, weights, l.row, rows, &mut acc);
         for j in 0..rows {
             let co = co0 + j;
             let (m, b, zc) = (l.multiplier[co], l.bias[co], l.zero_correction[co]);
             for (o, &a) in y[j * plane..(j + 1) * plane]
                 .iter_mut()
-                .zip(&acc[j * plane..(j + 1) * plane])
+                .zip(&acc[j * pixels..j * pixels + plane])
             {
                 *o = (a - zc) as f32 * m + b;
             }
@@ -313,10 +331,12 @@ fn conv_int8(l: &Int8Layer, x_q: &[u8], n: usize, h: usize, w: usize) -> (Vec<f3
     (out, ho, wo)
 }
 
-/// The patch matrix of one image's channels of one group: a row of `l.row` bytes per output
-/// pixel (channel, kernel row, kernel column order, as the weights), taps outside the image
-/// holding the input's zero point (a float zero) and the row padding zeros.
-fn im2row(
+/// The patches of one image's channels of one group, packed for [`super::dot::matmul`]:
+/// `[k / 4][pixel][4]` with `k` in (channel, kernel row, kernel column) order as the weights,
+/// taps outside the image holding the input's zero point (a float zero), `k` and pixel padding
+/// zeros.
+#[allow(clippy::too_many_arguments)]
+fn pack_patches(
     l: &Int8Layer,
     xi: &[u8],
     cin_g: usize,
@@ -324,45 +344,52 @@ fn im2row(
     w: usize,
     ho: usize,
     wo: usize,
+    pixels: usize,
 ) -> Vec<u8> {
     let (k, s, p) = (l.k, l.stride, l.padding);
     let zp = l.input.zero_point.clamp(0, 127) as u8;
-    let mut rows = vec![0u8; ho * wo * l.row];
-    for oh in 0..ho {
-        for ow in 0..wo {
-            let r = &mut rows[(oh * wo + ow) * l.row..][..l.kk];
-            for ci in 0..cin_g {
-                let src = &xi[ci * h * w..(ci + 1) * h * w];
-                for ki in 0..k {
+    let mut packed = vec![0u8; l.row * pixels];
+    for ci in 0..cin_g {
+        let src = &xi[ci * h * w..(ci + 1) * h * w];
+        for ki in 0..k {
+            for kj in 0..k {
+                let kidx = (ci * k + ki) * k + kj;
+                let (base, lane) = ((kidx / 4) * pixels * 4, kidx % 4);
+                for oh in 0..ho {
                     let ih = (oh * s + ki) as isize - p as isize;
-                    for kj in 0..k {
+                    let inside_h = ih >= 0 && ih < h as isize;
+                    for ow in 0..wo {
                         let iw = (ow * s + kj) as isize - p as isize;
-                        r[(ci * k + ki) * k + kj] =
-                            if ih < 0 || ih >= h as isize || iw < 0 || iw >= w as isize {
-                                zp
-                            } else {
+                        packed[base + (oh * wo + ow) * 4 + lane] =
+                            if inside_h && iw >= 0 && iw < w as isize {
                                 src[ih as usize * w + iw as usize]
+                            } else {
+                                zp
                             };
                     }
                 }
             }
         }
     }
-    rows
+    packed
 }
 
-/// Integer linear layer: `x_q` is `n x in`; returns `n x out` floats.
+/// Integer linear layer: `x_q` is `n x in`; returns `n x out` floats. The batch rows are the
+/// "pixels" of the product.
 fn linear_int8(l: &Int8Layer, x_q: &[u8], n: usize) -> Vec<f32> {
-    let mut padded = vec![0u8; n * l.row];
-    for (dst, src) in padded.chunks_mut(l.row).zip(x_q.chunks(l.cin)) {
-        dst[..l.cin].copy_from_slice(src);
+    let pixels = super::dot::padded_pixels(n);
+    let mut packed = vec![0u8; l.row * pixels];
+    for (i, x) in x_q.chunks(l.cin).enumerate() {
+        for (kidx, &v) in x.iter().enumerate() {
+            packed[((kidx / 4) * pixels + i) * 4 + kidx % 4] = v;
+        }
     }
-    let mut acc = vec![0i32; l.cout * n];
-    super::dot::dot_rows(&padded, &l.weight, l.row, l.cout, &mut acc);
+    let mut acc = vec![0i32; l.cout * pixels];
+    super::dot::matmul(&packed, pixels, &l.weight, l.row, l.cout, &mut acc);
     let mut out = vec![0f32; n * l.cout];
     for (i, y) in out.chunks_mut(l.cout).enumerate() {
         for (o, v) in y.iter_mut().enumerate() {
-            *v = (acc[o * n + i] - l.zero_correction[o]) as f32 * l.multiplier[o] + l.bias[o];
+            *v = (acc[o * pixels + i] - l.zero_correction[o]) as f32 * l.multiplier[o] + l.bias[o];
         }
     }
     out
