@@ -355,17 +355,27 @@ fn pack_patches(
             for kj in 0..k {
                 let kidx = (ci * k + ki) * k + kj;
                 let (base, lane) = ((kidx / 4) * pixels * 4, kidx % 4);
+                // Output columns whose tap falls inside the image: ow * s + kj - p in [0, w).
+                let lo = p.saturating_sub(kj).div_ceil(s).min(wo);
+                let hi = if w + p > kj {
+                    ((w + p - kj - 1) / s + 1).min(wo)
+                } else {
+                    0
+                }
+                .max(lo);
                 for oh in 0..ho {
+                    let dst = &mut packed[base + oh * wo * 4..base + (oh + 1) * wo * 4];
                     let ih = (oh * s + ki) as isize - p as isize;
-                    let inside_h = ih >= 0 && ih < h as isize;
-                    for ow in 0..wo {
-                        let iw = (ow * s + kj) as isize - p as isize;
-                        packed[base + (oh * wo + ow) * 4 + lane] =
-                            if inside_h && iw >= 0 && iw < w as isize {
-                                src[ih as usize * w + iw as usize]
-                            } else {
-                                zp
-                            };
+                    if ih < 0 || ih >= h as isize {
+                        dst.iter_mut().skip(lane).step_by(4).for_each(|v| *v = zp);
+                        continue;
+                    }
+                    let row = &src[ih as usize * w..(ih as usize + 1) * w];
+                    for ow in (0..lo).chain(hi..wo) {
+                        dst[ow * 4 + lane] = zp;
+                    }
+                    for ow in lo..hi {
+                        dst[ow * 4 + lane] = row[ow * s + kj - p];
                     }
                 }
             }
@@ -452,5 +462,117 @@ impl Deployed for Int8Model {
             }
         }
         layer_bytes + rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layer's formula computed directly, tap by tap.
+    fn naive(l: &Int8Layer, x: &[u8], n: usize, h: usize, w: usize) -> Vec<f32> {
+        let ho = (h + 2 * l.padding - l.k) / l.stride + 1;
+        let wo = (w + 2 * l.padding - l.k) / l.stride + 1;
+        let (cin_g, cout_g) = (l.cin / l.groups, l.cout / l.groups);
+        let zp = l.input.zero_point;
+        let mut out = Vec::new();
+        for img in 0..n {
+            for co in 0..l.cout {
+                let gi = co / cout_g;
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let mut acc = 0i32;
+                        for ci in 0..cin_g {
+                            for ki in 0..l.k {
+                                for kj in 0..l.k {
+                                    let ih = (oh * l.stride + ki) as isize - l.padding as isize;
+                                    let iw = (ow * l.stride + kj) as isize - l.padding as isize;
+                                    let v =
+                                        if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize
+                                        {
+                                            zp
+                                        } else {
+                                            let c = gi * cin_g + ci;
+                                            i32::from(
+                                                x[((img * l.cin + c) * h + ih as usize) * w
+                                                    + iw as usize],
+                                            )
+                                        };
+                                    let wv = l.weight[co * l.row + (ci * l.k + ki) * l.k + kj];
+                                    acc += v * i32::from(wv);
+                                }
+                            }
+                        }
+                        out.push(
+                            (acc - l.zero_correction[co]) as f32 * l.multiplier[co] + l.bias[co],
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn integer_convolutions_match_the_formula_tap_by_tap() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        // (cin, cout, k, stride, padding, groups, h, w)
+        for (cin, cout, k, stride, padding, groups, h, w) in [
+            (3, 5, 3, 1, 1, 1, 7, 6),
+            (4, 6, 3, 2, 1, 1, 8, 9),
+            (6, 6, 3, 1, 1, 6, 5, 5),
+            (4, 8, 1, 2, 0, 1, 6, 6),
+            (2, 3, 5, 1, 2, 1, 4, 4),
+        ] {
+            let kk = cin / groups * k * k;
+            let row = crate::quant::dot::padded_k(kk);
+            let mut weight = vec![0i8; cout * row];
+            for c in 0..cout {
+                for v in &mut weight[c * row..c * row + kk] {
+                    *v = (next() % 256) as u8 as i8;
+                }
+            }
+            let zp = (next() % 128) as i32;
+            let zero_correction = (0..cout)
+                .map(|c| {
+                    zp * weight[c * row..(c + 1) * row]
+                        .iter()
+                        .map(|&v| i32::from(v))
+                        .sum::<i32>()
+                })
+                .collect();
+            let l = Int8Layer {
+                weight,
+                kk,
+                row,
+                cout,
+                cin,
+                k,
+                stride,
+                padding,
+                groups,
+                input: QParams {
+                    scale: 0.05,
+                    zero_point: zp,
+                },
+                multiplier: (0..cout).map(|c| 0.01 * (c + 1) as f32).collect(),
+                bias: (0..cout).map(|c| c as f32 - 1.5).collect(),
+                zero_correction,
+            };
+            let n = 2;
+            let x: Vec<u8> = (0..n * cin * h * w).map(|_| (next() % 128) as u8).collect();
+            let (y, _, _) = conv_int8(&l, &x, n, h, w);
+            assert_eq!(
+                y,
+                naive(&l, &x, n, h, w),
+                "{cin} {cout} k{k} s{stride} p{padding} g{groups}"
+            );
+        }
     }
 }
