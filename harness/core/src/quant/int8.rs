@@ -100,14 +100,11 @@ impl Int8Model {
             let bias_of = |n: &str| get(n).ok();
             let (scaled, bias) = match folded.get(&name) {
                 Some(bn) => {
-                    let std =
-                        (get(&format!("{bn}.running_var"))? + crate::nn::ops::BN_EPS)?.sqrt()?;
-                    let gamma = get(&format!("{bn}.weight"))?;
-                    let factor = gamma.div(&std)?;
-                    let shape: Vec<usize> = std::iter::once(cout)
-                        .chain(std::iter::repeat_n(1, w.rank() - 1))
-                        .collect();
-                    let scaled = w.broadcast_mul(&factor.reshape(shape.as_slice())?)?;
+                    let (_, factor) = super::qat::fold_factor(
+                        &get(&format!("{bn}.weight"))?,
+                        &get(&format!("{bn}.running_var"))?,
+                    )?;
+                    let scaled = super::qat::scale_channels(&w, &factor)?;
                     let beta = get(&format!("{bn}.bias"))?;
                     let mean = get(&format!("{bn}.running_mean"))?;
                     let conv_bias =

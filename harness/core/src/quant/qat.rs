@@ -115,6 +115,23 @@ impl Qat {
     }
 }
 
+/// A batch norm's running std `sqrt(running_var + eps)` and its scale in evaluation,
+/// `gamma / std`: what folding it into the convolution before it multiplies each output channel
+/// of the weight by. Training, the dequantized copy and the int8 conversion all fold through here.
+pub fn fold_factor(gamma: &Tensor, running_var: &Tensor) -> Result<(Tensor, Tensor)> {
+    let std = (running_var + ops::BN_EPS)?.sqrt()?;
+    let factor = gamma.div(&std)?;
+    Ok((std, factor))
+}
+
+/// `w` with each slice along axis 0 (an output channel) multiplied by `factor`.
+pub fn scale_channels(w: &Tensor, factor: &Tensor) -> Result<Tensor> {
+    let shape: Vec<usize> = std::iter::once(w.dim(0)?)
+        .chain(std::iter::repeat_n(1, w.rank() - 1))
+        .collect();
+    w.broadcast_mul(&factor.reshape(shape.as_slice())?)
+}
+
 impl LayerHook for Qat {
     fn conv(&self, unit: &ConvBn, xs: &Tensor, train: bool) -> Result<Tensor> {
         let q = self.layer(&unit.name);
@@ -141,12 +158,8 @@ impl LayerHook for Qat {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(unit.name.clone(), bn_name.clone());
         let c = unit.out_channels();
-        // gamma / running std: the batch norm's scale in evaluation, folded into the weight.
-        let std = (bn.running_var().as_detached_tensor() + ops::BN_EPS)?.sqrt()?;
-        let factor = bn.weight().div(&std)?;
-        let wq = q
-            .weight
-            .forward(&w.broadcast_mul(&factor.reshape((c, 1, 1, 1))?)?)?;
+        let (_, factor) = fold_factor(bn.weight(), &bn.running_var().as_detached_tensor())?;
+        let wq = q.weight.forward(&scale_channels(w, &factor)?)?;
         let ys = ops::conv2d(&x, &wq, None, cfg.stride, cfg.padding, cfg.groups)?;
         let mut ys = ys.broadcast_div(&factor.reshape((1, c, 1, 1))?)?;
         if let Some(b) = unit.conv.bias() {

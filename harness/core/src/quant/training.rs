@@ -178,10 +178,6 @@ impl FakeQuantModel {
                 continue;
             };
             let w = w.as_tensor().clone();
-            let channels = w.dim(0)?;
-            let shape: Vec<usize> = std::iter::once(channels)
-                .chain(std::iter::repeat_n(1, w.rank() - 1))
-                .collect();
             let (scaled, factor) = match folded.get(&layer) {
                 Some(bn) => {
                     let get = |leaf: &str| {
@@ -192,10 +188,10 @@ impl FakeQuantModel {
                                 crate::Error::Mismatch(format!("no `{bn}.{leaf}` for `{layer}`"))
                             })
                     };
-                    let std = (get("running_var")? + crate::nn::ops::BN_EPS)?.sqrt()?;
-                    let factor = get("weight")?.div(&std)?;
+                    let (std, factor) =
+                        super::qat::fold_factor(&get("weight")?, &get("running_var")?)?;
                     (
-                        w.broadcast_mul(&factor.reshape(shape.as_slice())?)?,
+                        super::qat::scale_channels(&w, &factor)?,
                         Some((bn, std, factor)),
                     )
                 }
