@@ -37,8 +37,6 @@ pub struct DivQatConfig {
     pub freeze_bn_after: usize,
     /// As `qat`'s.
     pub freeze_observers_after: usize,
-    /// As `qat`'s.
-    pub eval_images: usize,
 }
 
 impl Default for DivQatConfig {
@@ -53,7 +51,6 @@ impl Default for DivQatConfig {
             batch_size: q.batch_size,
             freeze_bn_after: q.freeze_bn_after,
             freeze_observers_after: q.freeze_observers_after,
-            eval_images: q.eval_images,
         }
     }
 }
@@ -66,7 +63,6 @@ impl DivQatConfig {
             batch_size: self.batch_size,
             freeze_bn_after: self.freeze_bn_after,
             freeze_observers_after: self.freeze_observers_after,
-            eval_images: self.eval_images,
         }
     }
 }

@@ -11,15 +11,21 @@
 //! against the statistics the deployment uses.
 //!
 //! The owner deploys the int8 model (`harness_core::quant::Int8Model`: integer convolutions and
-//! linear layers, batch norm folded; `int8-agreement-owner-images` is its top-1 agreement with
-//! the fake-quantized model it comes from). Its dot products use AVX2 where present, but the
-//! patch gathering around them does not yet, so its latency is not yet int8's speed.
+//! linear layers, batch norm folded). On the harness's test set ([`QuantizedCheck`]) the runner
+//! records `fake-quant-accuracy`, `int8-agreement` (top-1 agreement of the int8 deployment with
+//! the fake-quantized model it was converted from), `int8-accuracy-change` (int8 minus
+//! fake-quant accuracy) and `divergence` (mean KL of the quantized model's answers from the f32
+//! victim's, what DivQAT raises).
 
 use std::sync::Arc;
 
+use candle_core::Device;
+use datasets::ImageSet;
+use datasets::catalog::Normalization;
+use harness_core::eval::agreement;
 use harness_core::protect::{
     Capabilities, Defence, DefenceContext, Deployed, Measure, PlainModel, Protected, RegistryEntry,
-    StolenArtifact, Theft, Victim, check, settings,
+    StolenArtifact, TestSetCheck, Theft, Victim, check, settings,
 };
 use harness_core::quant::{
     Divergence, FakeQuantModel, FreezeSchedule, Int8Model, mean_kl, quantization_aware_training,
@@ -43,8 +49,6 @@ pub struct QatConfig {
     pub freeze_bn_after: usize,
     /// Observers stop from this 0-based epoch.
     pub freeze_observers_after: usize,
-    /// Owner images the `divergence-owner-images` measure averages over.
-    pub eval_images: usize,
 }
 
 impl Default for QatConfig {
@@ -55,7 +59,6 @@ impl Default for QatConfig {
             batch_size: None,
             freeze_bn_after: 2,
             freeze_observers_after: 3,
-            eval_images: 1000,
         }
     }
 }
@@ -68,7 +71,6 @@ impl QatConfig {
         harness_core::protect::check_opt("batch_size", self.batch_size, 1..)?;
         check("freeze_bn_after", self.freeze_bn_after, 0..)?;
         check("freeze_observers_after", self.freeze_observers_after, 0..)?;
-        check("eval_images", self.eval_images, 1..)?;
         Ok(())
     }
 }
@@ -103,10 +105,12 @@ impl Defence for Qat {
     }
 }
 
-/// What a quantized deployment exposes: its whole (dequantized) weights.
+/// What a quantized deployment exposes: its whole (dequantized) weights. Quantization-aware
+/// training here trains on labels, so denoisers are refused when the matrix is planned.
 pub fn quantized_capabilities() -> Capabilities {
     Capabilities {
         theft: Theft::Whole,
+        classifiers_only: true,
         ..Capabilities::default()
     }
 }
@@ -161,15 +165,12 @@ pub fn protect_quantized(
         ctx.progress,
         ctx.device,
     )?;
-    let fake = FakeQuantModel::new(model, qat);
+    let fake = Arc::new(FakeQuantModel::new(model, qat));
     let stolen = fake.dequantized()?;
     let deployed = Int8Model::convert(&fake)?;
-    let (divergence, agreement) = owner_checks(cfg, ctx, &victim.model, &fake, &deployed)?;
     let mut measures = vec![
         Measure::lower("qat-epochs", report.history.len() as f64),
         Measure::timing("qat-seconds", report.train_seconds),
-        Measure::higher("divergence-owner-images", divergence),
-        Measure::higher("int8-agreement-owner-images", agreement),
     ];
     if let Some(last) = report.history.last() {
         measures.push(Measure::lower("qat-train-loss", last.train_loss));
@@ -181,45 +182,62 @@ pub fn protect_quantized(
         stolen: Some(StolenArtifact::plain(spec, stolen.params)),
         measures,
         verifier: None,
+        test_set_check: Some(Arc::new(QuantizedCheck {
+            reference: victim.model.clone(),
+            fake,
+        })),
     })
 }
 
-/// On up to `eval_images` of the owner's images (the test set is the harness's, not the
-/// defence's): the mean KL divergence of the fake-quantized model's answers from the
-/// full-precision model's, and the top-1 agreement of the int8 deployment with the
-/// fake-quantized model it was converted from.
-fn owner_checks(
-    cfg: &QatConfig,
-    ctx: &DefenceContext<'_>,
-    reference: &PlainModel,
-    fake: &FakeQuantModel,
-    int8: &Int8Model,
-) -> Result<(f64, f64)> {
-    let n = ctx.owner_data.len().min(cfg.eval_images);
-    let (mut kl_sum, mut same, mut seen) = (0.0f64, 0usize, 0usize);
-    let idx: Vec<usize> = (0..n).collect();
-    for chunk in idx.chunks(256) {
-        let xs = datasets::batch::to_tensor(
-            ctx.owner_data,
-            chunk,
-            Some(&ctx.normalization),
-            ctx.device,
-        )?;
-        let p = reference.logits(&xs)?;
-        let q = fake.logits(&xs)?;
-        let kl = mean_kl(&p, &q, 1.0)?.to_scalar::<f32>()?;
-        kl_sum += f64::from(kl) * chunk.len() as f64;
-        let a = q.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
-        let b = int8
-            .logits(&xs)?
-            .argmax(candle_core::D::Minus1)?
-            .to_vec1::<u32>()?;
-        same += a.iter().zip(&b).filter(|(x, y)| x == y).count();
-        seen += chunk.len();
+/// What the runner measures of a quantized deployment on the test set (see the module docs).
+pub struct QuantizedCheck {
+    /// The full-precision victim.
+    pub reference: PlainModel,
+    /// The fake-quantized model the int8 deployment was converted from.
+    pub fake: Arc<FakeQuantModel>,
+}
+
+/// Images per forward of the test-set check.
+const CHECK_BATCH: usize = 256;
+
+impl TestSetCheck for QuantizedCheck {
+    fn measure(
+        &self,
+        test: &ImageSet,
+        normalization: &Normalization,
+        owner_predictions: &[u32],
+        device: &Device,
+    ) -> Result<Vec<Measure>> {
+        if owner_predictions.len() != test.len() {
+            return Err(Error::Mismatch(format!(
+                "{} owner predictions for {} test images",
+                owner_predictions.len(),
+                test.len()
+            )));
+        }
+        let (mut kl_sum, mut fake_predictions) = (0.0f64, Vec::with_capacity(test.len()));
+        let idx: Vec<usize> = (0..test.len()).collect();
+        for chunk in idx.chunks(CHECK_BATCH) {
+            let xs = datasets::batch::to_tensor(test, chunk, Some(normalization), device)?;
+            let p = self.reference.logits(&xs)?;
+            let q = self.fake.logits(&xs)?;
+            let kl = mean_kl(&p, &q, 1.0)?.to_scalar::<f32>()?;
+            kl_sum += f64::from(kl) * chunk.len() as f64;
+            fake_predictions.extend(q.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?);
+        }
+        let n = test.len().max(1) as f64;
+        let fake_accuracy = agreement(&fake_predictions, &test.labels);
+        Ok(vec![
+            Measure::higher("fake-quant-accuracy", fake_accuracy),
+            Measure::higher(
+                "int8-agreement",
+                agreement(owner_predictions, &fake_predictions),
+            ),
+            Measure::higher(
+                "int8-accuracy-change",
+                agreement(owner_predictions, &test.labels) - fake_accuracy,
+            ),
+            Measure::higher("divergence", kl_sum / n),
+        ])
     }
-    Ok(if seen == 0 {
-        (0.0, 1.0)
-    } else {
-        (kl_sum / seen as f64, same as f64 / seen as f64)
-    })
 }

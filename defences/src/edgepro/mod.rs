@@ -391,6 +391,7 @@ impl Defence for EdgePro {
             theft: Theft::Whole,
             disclosure: DisclosureKind::Edgepro,
             verifies_ownership: false,
+            ..Capabilities::default()
         }
     }
 
@@ -464,6 +465,7 @@ impl Defence for EdgePro {
             )),
             measures,
             verifier: None,
+            test_set_check: None,
         })
     }
 }

@@ -211,6 +211,7 @@ impl Defence for SelectiveEncryption {
             theft: Theft::Whole,
             disclosure: DisclosureKind::SelectiveEncryption,
             verifies_ownership: false,
+            ..Capabilities::default()
         }
     }
 
@@ -329,6 +330,7 @@ impl Defence for SelectiveEncryption {
                 ),
             ],
             verifier: None,
+            test_set_check: None,
         })
     }
 }

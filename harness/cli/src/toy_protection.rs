@@ -74,6 +74,7 @@ impl Defence for ClassShuffle {
             stolen: Some(StolenArtifact::plain(spec, stolen.params)),
             measures: vec![Measure::lower("shuffled-tensors", shuffled as f64)],
             verifier: None,
+            test_set_check: None,
         })
     }
 }

@@ -145,7 +145,8 @@ pub struct DataPlan {
     /// Fraction the attacker holds (disjoint from the owner's).
     pub attacker: f64,
     /// Transfer set for extraction queries: `attacker` (the attacker's slice) or a dataset id
-    /// (e.g. `cifar100` images for a CIFAR-10 victim).
+    /// (all of its training images, e.g. `cifar100` for a CIFAR-10 victim); an attack entry's
+    /// `transfer = ...` overrides it.
     pub transfer: String,
 }
 

@@ -8,7 +8,7 @@ use datasets::ImageSet;
 use datasets::catalog::Normalization;
 use harness_core::Task;
 use harness_core::eval_denoise::evaluate_psnr;
-use harness_core::protect::{Deployed, Measure};
+use harness_core::protect::{Deployed, Measure, TestSetCheck};
 
 use super::victims::Slices;
 
@@ -33,6 +33,11 @@ pub trait Probe {
     /// An attacker's model: `attacker-accuracy` and `fidelity` to `reference`. For the thief
     /// these are gains, so lower is better for the owner.
     fn stolen(&self, model: &dyn Deployed, reference: &[u32]) -> anyhow::Result<Vec<Measure>>;
+
+    /// A protection's own measures of its deployment on the test set (see
+    /// [`TestSetCheck`]); `reference` is the owner's answers from [`Probe::reference`].
+    fn test_set(&self, check: &dyn TestSetCheck, reference: &[u32])
+    -> anyhow::Result<Vec<Measure>>;
 
     /// Why attacks cannot be scored by this probe, if they cannot.
     fn refuses_attacks(&self) -> Option<String>;
@@ -109,6 +114,14 @@ impl Probe for Labels<'_> {
         ])
     }
 
+    fn test_set(
+        &self,
+        check: &dyn TestSetCheck,
+        reference: &[u32],
+    ) -> anyhow::Result<Vec<Measure>> {
+        Ok(check.measure(self.test, self.normalization, reference, self.device)?)
+    }
+
     fn refuses_attacks(&self) -> Option<String> {
         None
     }
@@ -162,6 +175,13 @@ impl Probe for Denoising<'_> {
 
     fn stolen(&self, _: &dyn Deployed, _: &[u32]) -> anyhow::Result<Vec<Measure>> {
         anyhow::bail!(self.refuses_attacks().unwrap_or_default())
+    }
+
+    fn test_set(&self, _: &dyn TestSetCheck, _: &[u32]) -> anyhow::Result<Vec<Measure>> {
+        anyhow::bail!(
+            "this protection's test-set check compares top-1 answers, which a denoiser does not \
+             give; the protection should have refused the denoiser"
+        )
     }
 
     fn refuses_attacks(&self) -> Option<String> {

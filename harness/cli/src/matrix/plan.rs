@@ -34,6 +34,9 @@ pub struct AttackEntry {
     /// The defence entries it runs against (`defences = [...]` in its settings); `None`: all.
     /// Sweeps use it to attack a few points of a sweep instead of every one.
     pub only: Option<Vec<String>>,
+    /// The images it may send to an oracle: `attacker` (the attacker's slice) or a dataset id,
+    /// from `transfer = ...` in its settings or `[data] transfer`.
+    pub transfer: String,
 }
 
 impl AttackEntry {
@@ -51,6 +54,41 @@ pub struct Plan {
     pub attacks: Vec<AttackEntry>,
     /// Every cell, in a stable order (by [`super::cell::CellKey`]).
     pub cells: Vec<Cell>,
+}
+
+/// The transfer set meaning the attacker's own slice of the victim's training set.
+pub const ATTACKER_TRANSFER: &str = "attacker";
+
+/// Checks a transfer set name (`origin` is where it was written): the attacker's slice, or
+/// another dataset than the victims' (whose training images include the owner's).
+fn check_transfer(name: &str, origin: &str, victim_datasets: &[String]) -> anyhow::Result<()> {
+    if name == ATTACKER_TRANSFER {
+        return Ok(());
+    }
+    if let Err(e) = datasets::catalog::DatasetId::parse(name) {
+        bail!(UsageError(format!(
+            "{origin}: transfer = \"{name}\" is neither `{ATTACKER_TRANSFER}` (the attacker's \
+             slice) nor a dataset: {e}"
+        )));
+    }
+    if victim_datasets.iter().any(|d| d == name) {
+        bail!(UsageError(format!(
+            "{origin}: transfer = \"{name}\" is a victim's own dataset, whose training images \
+             include the owner's; use transfer = \"{ATTACKER_TRANSFER}\" for the attacker's \
+             slice of it"
+        )));
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// Every transfer set an attack of the plan queries with, each once.
+    pub fn transfer_sets(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.attacks.iter().map(|a| a.transfer.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 /// Perturbation suffixes a defence entry may carry after `+`, with their arguments checked:
@@ -228,9 +266,7 @@ impl Plan {
             }
         }
         let only_denoisers = denoisers.len() == m.axes.models.len();
-        if m.data.transfer != "attacker" {
-            datasets::catalog::DatasetId::parse(&m.data.transfer)?;
-        }
+        check_transfer(&m.data.transfer, "[data]", &m.axes.datasets)?;
         for (what, list) in [
             ("datasets", m.axes.datasets.len()),
             ("models", m.axes.models.len()),
@@ -301,6 +337,15 @@ impl Plan {
                     mode = m;
                 }
                 perturbations.extend(pert);
+            }
+            if let Some(model) = denoisers.first()
+                && defence.capabilities().classifiers_only
+            {
+                bail!(UsageError(format!(
+                    "defence `{entry}` works on classifiers only, but `{model}` is a denoiser; \
+                     take `{model}` out of axes.models or `{entry}` out of axes.defences (put \
+                     the denoiser in its own matrix)"
+                )));
             }
             defences.push(DefenceEntry {
                 name: entry.clone(),
@@ -373,6 +418,19 @@ impl Plan {
                     Some(names)
                 }
             };
+            let transfer = match settings.remove("transfer") {
+                None => m.data.transfer.clone(),
+                Some(v) => {
+                    let name = v.as_str().map(str::to_string).ok_or_else(|| {
+                        UsageError(format!(
+                            "[attacks.{entry}] transfer must be a string: \"{ATTACKER_TRANSFER}\" \
+                             or a dataset id"
+                        ))
+                    })?;
+                    check_transfer(&name, &format!("[attacks.{entry}]"), &m.axes.datasets)?;
+                    name
+                }
+            };
             attack_registry.get(&id)?;
             let attack = attack_registry.build(&id, &settings).map_err(|e| {
                 UsageError(format!(
@@ -386,6 +444,7 @@ impl Plan {
                 attack,
                 budget,
                 only,
+                transfer,
             });
         }
 
@@ -679,6 +738,44 @@ mod tests {
     }
 
     #[test]
+    fn an_attack_entry_may_query_its_own_transfer_set() {
+        let (d, a) = registries();
+        let m = matrix_with(
+            "\"none\"",
+            "\"scratch\", \"steal\"",
+            "[attacks.steal]\ntransfer = \"cifar100\"",
+        );
+        let plan = Plan::new(&m, &d, &a).unwrap();
+        let transfers: Vec<&str> = plan.attacks.iter().map(|e| e.transfer.as_str()).collect();
+        assert_eq!(transfers, ["attacker", "cifar100"]);
+        assert_eq!(plan.transfer_sets(), ["attacker", "cifar100"]);
+        for (value, says) in [
+            ("\"synthetic\"", "is a victim's own dataset"),
+            (
+                "\"cifar1000\"",
+                "is neither `attacker` (the attacker's slice) nor a dataset",
+            ),
+            ("3", "transfer must be a string"),
+        ] {
+            let m = matrix_with(
+                "\"none\"",
+                "\"steal\"",
+                &format!("[attacks.steal]\ntransfer = {value}"),
+            );
+            let msg = usage_error(&m, &d, &a);
+            assert!(
+                msg.contains("[attacks.steal]") && msg.contains(says),
+                "{msg}"
+            );
+        }
+        let mut m = matrix("\"none\"", "\"steal\"");
+        m.data.transfer = "synthetic".into();
+        assert!(
+            usage_error(&m, &d, &a).contains("[data]: transfer = \"synthetic\" is a victim's own")
+        );
+    }
+
+    #[test]
     fn an_attack_limited_to_some_defences_runs_against_those_only() {
         let (d, a) = registries();
         let src = "name = \"t\"\n[axes]\ndatasets = [\"synthetic\"]\nmodels = [\"resnet20\"]\n\
@@ -696,6 +793,28 @@ mod tests {
             toml::from_str(&src.replace("[\"verifying\"]\n", "[\"verifyng\"]\n")).unwrap();
         let err = Plan::new(&bad, &d, &a).err().unwrap().to_string();
         assert!(err.contains("verifyng"), "{err}");
+    }
+
+    #[test]
+    fn classifier_only_defences_are_refused_on_denoisers_before_training() {
+        let (_, a) = registries();
+        let d = defences::registry();
+        let mut m = matrix("\"none\", \"qat\"", "");
+        m.axes.models = vec!["dncnn".into()];
+        let err = Plan::new(&m, &d, &a).err().unwrap();
+        let msg = err.to_string();
+        assert!(err.downcast_ref::<UsageError>().is_some(), "{msg}");
+        assert!(
+            msg.contains("defence `qat` works on classifiers only, but `dncnn` is a denoiser"),
+            "{msg}"
+        );
+        let mut m = matrix("\"none\", \"divqat\"", "");
+        m.axes.models = vec!["dncnn".into()];
+        let msg = Plan::new(&m, &d, &a).err().unwrap().to_string();
+        assert!(
+            msg.contains("defence `divqat` works on classifiers only"),
+            "{msg}"
+        );
     }
 
     #[test]

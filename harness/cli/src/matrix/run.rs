@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
+use datasets::ImageSet;
 use harness_core::latency::{LatencyPlan, Summary, paired_ratio, time_deployments};
 use harness_core::protect::{
     AttackContext, DefenceContext, Deployed, Exposure, Measure, Oracle, OwnershipVerifier,
@@ -77,7 +78,7 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
     for c in &pending {
         groups.entry(&c.victim).or_default().push(c);
     }
-    let mut victims = Victims::new(s);
+    let mut victims = Victims::new(s, plan.transfer_sets());
     for (v, cells) in groups {
         let name = format!("{}/{}/seed {}", v.dataset, v.model, v.seed);
         bar.set_message(format!("{name}: data"));
@@ -179,7 +180,9 @@ struct VictimRun<'a> {
     victim: &'a Victim,
     seed: u64,
     probe: Box<dyn Probe + 'a>,
-    protected: HashMap<usize, Result<ProtectedCell, String>>,
+    /// By defence entry; entries that differ only by the API's perturbations (`qat`,
+    /// `qat+top1-label`) share one protection, since perturbations act in the oracle only.
+    protected: HashMap<usize, Result<Arc<ProtectedCell>, String>>,
     timed: HashMap<usize, Result<Timed, String>>,
 }
 
@@ -206,7 +209,16 @@ impl<'a> VictimRun<'a> {
     /// Protects with defence entry `d` once (later calls find the same result), and returns it.
     fn protected(&mut self, d: usize) -> anyhow::Result<&ProtectedCell> {
         if !self.protected.contains_key(&d) {
-            let result = self.protect(d).map_err(|e| format!("{e:#}"));
+            let base = |e: usize| self.plan.defences[e].name.split('+').next();
+            let same = self
+                .protected
+                .iter()
+                .find(|(e, _)| base(**e) == base(d))
+                .map(|(_, r)| r.clone());
+            let result = match same {
+                Some(r) => r,
+                None => self.protect(d).map(Arc::new).map_err(|e| format!("{e:#}")),
+            };
             self.protected.insert(d, result);
         }
         self.applied(d)
@@ -311,7 +323,12 @@ impl<'a> VictimRun<'a> {
             );
         }
         let entry = &self.plan.attacks[attack];
-        let ctx = attack_context(self.s, self.data, self.victim);
+        let ctx = attack_context(
+            self.s,
+            self.data,
+            self.data.transfer(&entry.transfer)?,
+            self.victim,
+        );
         let Some(d) = cell.defence() else {
             // No exposure: the attack does not depend on the defence; fidelity is to the victim.
             let reference = self.probe.reference(&self.victim.model)?;
@@ -399,6 +416,9 @@ impl<'a> VictimRun<'a> {
             );
         }
         m.extend(p.measures.iter().cloned());
+        if let Some(check) = &p.test_set_check {
+            m.extend(self.probe.test_set(&**check, &prot.reference)?);
+        }
         Ok(rows(self.s, &cell.key, &m, prot.protect_seconds))
     }
 }
@@ -417,11 +437,16 @@ fn latency_measures(suffix: &str, times: &[f64], unprotected: &[f64]) -> Vec<Mea
     ]
 }
 
-fn attack_context<'a>(s: &'a RunSettings, data: &'a Slices, victim: &Victim) -> AttackContext<'a> {
+fn attack_context<'a>(
+    s: &'a RunSettings,
+    data: &'a Slices,
+    transfer: &'a ImageSet,
+    victim: &Victim,
+) -> AttackContext<'a> {
     AttackContext {
         device: &s.device,
         attacker_data: &data.attacker,
-        transfer_data: &data.transfer,
+        transfer_data: transfer,
         normalization: data.normalization,
         train: victim.train.clone(),
         seed: victim.train.seed,

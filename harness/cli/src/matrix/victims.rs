@@ -2,7 +2,7 @@
 //! slice, once, cached on disk by a hash of everything that shapes its weights. Every cell of a
 //! victim (each defence, each attack) starts from the same trained weights and the same slices.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
 use datasets::augment::Augment;
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::cell::VictimKey;
 use super::config::OptimizerKind;
+use super::plan::ATTACKER_TRANSFER;
 use super::run::RunSettings;
 
 /// Bumped when the victim cache format or training semantics change.
@@ -31,25 +32,38 @@ pub struct Slices {
     pub owner: ImageSet,
     /// What the attacker holds.
     pub attacker: ImageSet,
-    /// What the attacker sends to a black-box API.
-    pub transfer: ImageSet,
+    /// What the attacker may send to a black-box API, by transfer set name
+    /// ([`super::plan::AttackEntry::transfer`]): the attacker's slice, or all the training
+    /// images of another dataset (the attack's query budget picks from them).
+    pub transfers: BTreeMap<String, ImageSet>,
     /// The test set.
     pub test: ImageSet,
     /// The dataset's normalisation.
     pub normalization: Normalization,
 }
 
+impl Slices {
+    /// Transfer set `name`, which [`Victims::prepare`] loaded.
+    pub fn transfer(&self, name: &str) -> anyhow::Result<&ImageSet> {
+        self.transfers
+            .get(name)
+            .with_context(|| format!("transfer set `{name}` was not loaded for this victim"))
+    }
+}
+
 /// Loads datasets once per run and prepares victims from them.
 pub struct Victims<'a> {
     s: &'a RunSettings,
+    transfers: Vec<String>,
     loaded: HashMap<String, (ImageSet, ImageSet)>,
 }
 
 impl<'a> Victims<'a> {
-    /// Victims of the run described by `s`.
-    pub fn new(s: &'a RunSettings) -> Self {
+    /// Victims of the run described by `s`, with the transfer sets its attacks query with.
+    pub fn new(s: &'a RunSettings, transfers: Vec<String>) -> Self {
         Self {
             s,
+            transfers,
             loaded: HashMap::new(),
         }
     }
@@ -61,7 +75,17 @@ impl<'a> Victims<'a> {
         v: &VictimKey,
         bar: &ProgressBar,
     ) -> anyhow::Result<(Slices, Victim)> {
-        prepare_group(self.s, &mut self.loaded, &v.dataset, &v.model, v.seed, bar)
+        let (mut slices, victim) =
+            prepare_group(self.s, &mut self.loaded, &v.dataset, &v.model, v.seed, bar)?;
+        for name in &self.transfers {
+            let set = if name == ATTACKER_TRANSFER {
+                slices.attacker.clone()
+            } else {
+                load_dataset(self.s, &mut self.loaded, name)?.0
+            };
+            slices.transfers.insert(name.clone(), set);
+        }
+        Ok((slices, victim))
     }
 }
 
@@ -113,14 +137,6 @@ fn prepare_group(
     let splits = disjoint_splits(&train_set, &fractions, seed)?;
     let owner = train_set.select(&splits.owner);
     let attacker = train_set.select(&splits.attacker);
-    let transfer = if m.data.transfer == "attacker" {
-        attacker.clone()
-    } else {
-        let (other, _) = load_dataset(s, data_cache, &m.data.transfer)?;
-        let n = attacker.len().min(other.len());
-        other.select(&stratified_subset(&other, n, seed))
-    };
-
     let arch = Arch::parse(model)?;
     let spec = ModelSpec::new(arch, owner.num_classes())
         .with_in_channels(owner.channels)
@@ -202,7 +218,7 @@ fn prepare_group(
         Slices {
             owner,
             attacker,
-            transfer,
+            transfers: BTreeMap::new(),
             test,
             normalization,
         },

@@ -18,6 +18,9 @@ pub struct Capabilities {
     /// Whether [`Protected::verifier`] is set: the planner then adds cells that put
     /// independently trained models to the verifier, which give its false-positive rate.
     pub verifies_ownership: bool,
+    /// Whether the protection works on classifiers only (it trains on labels, or checks top-1
+    /// answers): the planner refuses it on a denoiser before anything trains.
+    pub classifiers_only: bool,
 }
 
 impl Default for Capabilities {
@@ -28,6 +31,7 @@ impl Default for Capabilities {
             theft: Theft::Whole,
             disclosure: DisclosureKind::Nothing,
             verifies_ownership: false,
+            classifiers_only: false,
         }
     }
 }

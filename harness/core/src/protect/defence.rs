@@ -50,6 +50,24 @@ pub struct Protected {
     /// The owner's ownership verifier, for protections that can recognise their model in a
     /// suspect's hands (fingerprints, watermarks), as declared by [`Defence::capabilities`].
     pub verifier: Option<Arc<dyn OwnershipVerifier>>,
+    /// Measures of the deployment that need the harness's test set, which a defence never sees
+    /// while protecting (a quantized deployment's agreement with the model it came from).
+    pub test_set_check: Option<Arc<dyn TestSetCheck>>,
+}
+
+/// What a protection measures of its own deployment on the harness's test set: the runner
+/// calls it once per defence with the test images and the owner's predictions on them.
+pub trait TestSetCheck: Send + Sync {
+    /// The measures, from `test` (normalised with `normalization`) and `owner_predictions`
+    /// (the owner deployment's top-1 answer per test image, which the runner has already
+    /// computed).
+    fn measure(
+        &self,
+        test: &ImageSet,
+        normalization: &Normalization,
+        owner_predictions: &[u32],
+        device: &Device,
+    ) -> Result<Vec<Measure>>;
 }
 
 impl Protected {
@@ -64,6 +82,7 @@ impl Protected {
             )),
             measures: Vec::new(),
             verifier: None,
+            test_set_check: None,
         }
     }
 }

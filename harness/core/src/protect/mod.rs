@@ -32,7 +32,7 @@ mod verifier;
 pub use attack::{Attack, AttackContext, Budget, Stolen};
 pub use capabilities::Capabilities;
 pub use check::{Setting, above, check, check_opt, describe, left_open, open, setting_keys};
-pub use defence::{Defence, DefenceContext, Protected, Victim};
+pub use defence::{Defence, DefenceContext, Protected, TestSetCheck, Victim};
 pub use deployed::{Deployed, PlainModel};
 pub use disclosure::{
     Disclosure, DisclosureKind, EncryptedLayer, EncryptionDisclosure, LockDisclosure, LockedStage,
