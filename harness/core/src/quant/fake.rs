@@ -73,7 +73,7 @@ impl CustomOp1 for FakeQuant {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous_f32(storage, layout)?;
+        let xs = crate::nn::cpu::f32_slice(storage, layout)?;
         let g = &self.grid;
         let inner = g.inner(layout.dims(), xs.len())?;
         let (lo, hi) = (i64::from(g.range.min), i64::from(g.range.max));
@@ -118,8 +118,8 @@ impl CustomOp2 for StraightThrough {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = contiguous_f32(s1, l1)?;
-        let gs = contiguous_f32(s2, l2)?;
+        let xs = crate::nn::cpu::f32_slice(s1, l1)?;
+        let gs = crate::nn::cpu::f32_slice(s2, l2)?;
         if xs.len() != gs.len() {
             bail!(
                 "fake quantization backward: {} inputs, {} gradients",
@@ -141,13 +141,5 @@ impl CustomOp2 for StraightThrough {
             })
             .collect();
         Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        (CpuStorage::F32(_), None) => bail!("fake quantization needs a contiguous tensor"),
-        _ => bail!("fake quantization needs an f32 tensor"),
     }
 }

@@ -20,13 +20,15 @@
 pub mod dot;
 pub mod fake;
 pub mod int8;
+pub mod int8_layer;
 pub mod observer;
 pub mod qat;
 pub mod qparams;
 pub mod training;
 
 pub use fake::fake_quantize;
-pub use int8::{Int8Layer, Int8Model};
+pub use int8::Int8Model;
+pub use int8_layer::{Geometry, InputLayout, Int8Layer};
 pub use observer::{FakeQuantizer, MinMax};
 pub use qat::{LayerQuantizers, Qat};
 pub use qparams::{QParams, QRange, choose};

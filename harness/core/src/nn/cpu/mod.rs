@@ -120,7 +120,7 @@ pub(crate) fn applies(tensors: &[&Tensor]) -> bool {
 }
 
 /// The contiguous f32 data of a custom op's operand.
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
         (CpuStorage::F32(_), None) => bail!("fast CPU kernels need contiguous tensors"),
@@ -129,7 +129,7 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> 
 }
 
 /// Runs `f` on the f32 data of `t` (made contiguous first, which is free when it already is).
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {

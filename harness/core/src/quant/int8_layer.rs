@@ -1,0 +1,593 @@
+//! One convolution or linear layer on integers, and how its inputs are laid out for the byte
+//! dot products of [`super::dot`].
+//!
+//! One formula for every layer and every layout, so every kernel path gives the same numbers:
+//! - input: `x_q = clamp(zp + round_half_even(x * (1 / s_x)), 0, 127)` (the fake quantizer's
+//!   integer, so a convolution's zero padding is `zp`);
+//! - accumulate: `acc[c] = sum(x_q * w_q[c]) - zp * sum(w_q[c])` exactly in i32 (with inputs at
+//!   most 127 and weights in -128..127 no partial sum can overflow or saturate);
+//! - output: `y[c] = (acc[c] as f32) * m[c] + b[c]` with `m[c] = s_x * s_w[c]` in f32 and the
+//!   folded bias `b`, then the layer's ReLU if it has one.
+//!
+//! Two input layouts:
+//! - **Blocked** (stride-1 ungrouped convolutions, most of a ResNet; a linear layer's weights are
+//!   the same in both layouts): the input is quantized
+//!   straight into `[cin / 4][h + 2p][w + 2p][4]`, padded with `zp`. Output pixels are computed on
+//!   the padded width (`q = oh * (w + 2p) + ow`, the last `2p` columns of each row discarded), so
+//!   the four channels of block `cb` at kernel tap `(ki, kj)` are, for consecutive `q`, one
+//!   contiguous window of the input shifted by `ki * (w + 2p) + kj`: an implicit GEMM with no
+//!   patch copies.
+//! - **Patches** (strided and grouped convolutions, linear layers): patches are gathered into
+//!   `[k / 4][pixel][4]`.
+
+#![allow(unsafe_code)]
+
+use rayon::prelude::*;
+
+use super::QParams;
+use super::dot::{self, PIXELS, padded_k, padded_pixels};
+
+/// How a layer's inputs reach the products (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputLayout {
+    /// Channel blocks of four, padded, read in place.
+    Blocked,
+    /// Gathered patches.
+    Patches,
+}
+
+/// A layer's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Input channels (a linear layer's inputs).
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel side (1 for a linear layer).
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding.
+    pub padding: usize,
+    /// Groups.
+    pub groups: usize,
+}
+
+/// One layer on integers.
+#[derive(Debug, Clone)]
+pub struct Int8Layer {
+    /// Its shape.
+    pub geometry: Geometry,
+    /// The int8 weights, `cout` rows of `(cin / groups) x k x k` in PyTorch's order (what the
+    /// int8 file stores).
+    pub values: Vec<i8>,
+    /// The input's quantization parameters.
+    pub input: QParams,
+    /// Each output channel's weight scale `s_w[c]`.
+    pub weight_scale: Vec<f32>,
+    /// `s_x * s_w[c]` per output channel.
+    pub multiplier: Vec<f32>,
+    /// Float bias per output channel (the folded batch norm's shift).
+    pub bias: Vec<f32>,
+    /// `zp * sum(w_q[c])` per output channel.
+    pub zero_correction: Vec<i32>,
+    /// How inputs are laid out.
+    pub layout: InputLayout,
+    /// The weights as the products read them: `cout` rows of `row` bytes, in groups of four `k`
+    /// matching the input layout.
+    weight: Vec<i8>,
+    /// Bytes per row of `weight`.
+    row: usize,
+}
+
+impl Int8Layer {
+    /// A layer from its int8 weights (`cout` rows of `(cin / groups) x k x k`), per-channel
+    /// weight scales, input parameters and float bias.
+    pub fn new(
+        geometry: Geometry,
+        values: Vec<i8>,
+        weight_scale: Vec<f32>,
+        input: QParams,
+        bias: Vec<f32>,
+    ) -> Self {
+        let g = geometry;
+        let kk = g.cin / g.groups * g.k * g.k;
+        // A 1x1 kernel's blocked weights are its plain rows: linear layers use either.
+        let layout = if g.groups == 1 && g.stride == 1 {
+            InputLayout::Blocked
+        } else {
+            InputLayout::Patches
+        };
+        let (weight, row) = match layout {
+            InputLayout::Patches => {
+                let row = padded_k(kk);
+                let mut w = vec![0i8; g.cout * row];
+                for (dst, src) in w.chunks_mut(row).zip(values.chunks(kk)) {
+                    dst[..kk].copy_from_slice(src);
+                }
+                (w, row)
+            }
+            InputLayout::Blocked => {
+                let (blocks, taps) = (g.cin.div_ceil(4), g.k * g.k);
+                let row = blocks * taps * 4;
+                let mut w = vec![0i8; g.cout * row];
+                for (dst, src) in w.chunks_mut(row).zip(values.chunks(kk)) {
+                    for ci in 0..g.cin {
+                        for t in 0..taps {
+                            dst[((ci / 4) * taps + t) * 4 + ci % 4] = src[ci * taps + t];
+                        }
+                    }
+                }
+                (w, row)
+            }
+        };
+        let zero_correction = values
+            .chunks(kk.max(1))
+            .map(|r| input.zero_point * r.iter().map(|&v| i32::from(v)).sum::<i32>())
+            .collect();
+        let multiplier = weight_scale.iter().map(|s| input.scale * s).collect();
+        Self {
+            geometry,
+            values,
+            input,
+            weight_scale,
+            multiplier,
+            bias,
+            zero_correction,
+            layout,
+            weight,
+            row,
+        }
+    }
+
+    /// Bytes of the layer in the int8 file: the weights, and per output channel a scale, a zero
+    /// point and the bias (4 bytes each).
+    pub fn bytes(&self) -> usize {
+        self.values.len() + 12 * self.geometry.cout
+    }
+
+    /// Output height and width for an `h x w` input.
+    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let g = &self.geometry;
+        (
+            (h + 2 * g.padding - g.k) / g.stride + 1,
+            (w + 2 * g.padding - g.k) / g.stride + 1,
+        )
+    }
+
+    /// The layer on a batch of `n` images `x` (`n x cin x h x w` floats), giving
+    /// `n x cout x ho x wo` floats, with the ReLU when `relu`. The inputs of every (image, group)
+    /// are quantized and laid out in parallel, then every (image, block of four output channels)
+    /// is computed in parallel, so a single image (batch-1 latency) uses every thread too.
+    pub fn conv(&self, x: &[f32], n: usize, h: usize, w: usize, relu: bool) -> Vec<f32> {
+        let g = &self.geometry;
+        let (ho, wo) = self.output_size(h, w);
+        let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
+        let plane = ho * wo;
+        // Each (image, group): its input bytes, the offset of each k group, the pixels computed
+        // per output row (the padded width for the blocked layout) and their padded count.
+        let inputs: Vec<(Vec<u8>, Vec<usize>, usize, usize)> = (0..n * g.groups)
+            .into_par_iter()
+            .map(|ig| {
+                let (img, gi) = (ig / g.groups, ig % g.groups);
+                let first = (img * g.cin + gi * cin_g) * h * w;
+                let xi = &x[first..first + cin_g * h * w];
+                match self.layout {
+                    InputLayout::Blocked => {
+                        let (hp, wp) = (h + 2 * g.padding, w + 2 * g.padding);
+                        let pixels = padded_pixels(ho * wp);
+                        let bytes = self.blocked_input(xi, h, w, pixels);
+                        let offsets = (0..cin_g.div_ceil(4))
+                            .flat_map(|cb| {
+                                (0..g.k * g.k).map(move |t| cb * hp * wp + (t / g.k) * wp + t % g.k)
+                            })
+                            .collect();
+                        (bytes, offsets, wp, pixels)
+                    }
+                    InputLayout::Patches => {
+                        let pixels = padded_pixels(plane);
+                        let q = quantize(xi, self.input);
+                        let bytes = self.patches(&q, cin_g, h, w, ho, wo, pixels);
+                        let offsets = (0..self.row / 4).map(|k| k * pixels).collect();
+                        (bytes, offsets, wo, pixels)
+                    }
+                }
+            })
+            .collect();
+        let mut out = vec![0f32; n * g.cout * plane];
+        // Tasks: (image and group, first channel, the planes of up to four channels).
+        let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
+        for (img, y_img) in out.chunks_mut(g.cout * plane).enumerate() {
+            for (gi, y_group) in y_img.chunks_mut(cout_g * plane).enumerate() {
+                for (b, y_block) in y_group.chunks_mut(4 * plane).enumerate() {
+                    tasks.push((img * g.groups + gi, gi * cout_g + b * 4, y_block));
+                }
+            }
+        }
+        tasks.into_par_iter().for_each(|(ig, co0, y)| {
+            let (bytes, offsets, stride, pixels) = &inputs[ig];
+            let rows = y.len() / plane;
+            let mut acc = vec![0i32; rows * pixels];
+            let weights = &self.weight[co0 * self.row..(co0 + rows) * self.row];
+            dot::matmul(bytes, offsets, *pixels, weights, rows, &mut acc);
+            for (j, (yc, ac)) in y.chunks_mut(plane).zip(acc.chunks(*pixels)).enumerate() {
+                let co = co0 + j;
+                let (m, b, zc) = (self.multiplier[co], self.bias[co], self.zero_correction[co]);
+                let out = Output { zc, m, b, relu };
+                for (yr, ar) in yc.chunks_mut(wo).zip(ac.chunks(*stride)) {
+                    out.row(ar, yr);
+                }
+            }
+        });
+        out
+    }
+
+    /// The layer as a linear one on `n` rows of `cin` floats, giving `n x cout` floats. The
+    /// batch rows are the "pixels" of the product.
+    pub fn linear(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let cin = self.geometry.cin;
+        let pixels = padded_pixels(n);
+        let mut packed = vec![0u8; self.row * pixels];
+        let q = quantize(x, self.input);
+        for (i, xr) in q.chunks(cin).enumerate() {
+            for (kidx, &v) in xr.iter().enumerate() {
+                packed[((kidx / 4) * pixels + i) * 4 + kidx % 4] = v;
+            }
+        }
+        let cout = self.geometry.cout;
+        let offsets: Vec<usize> = (0..self.row / 4).map(|k| k * pixels).collect();
+        let mut acc = vec![0i32; cout * pixels];
+        dot::matmul(&packed, &offsets, pixels, &self.weight, cout, &mut acc);
+        let mut out = vec![0f32; n * cout];
+        for (i, y) in out.chunks_mut(cout).enumerate() {
+            for (o, v) in y.iter_mut().enumerate() {
+                *v = (acc[o * pixels + i] - self.zero_correction[o]) as f32 * self.multiplier[o]
+                    + self.bias[o];
+            }
+        }
+        out
+    }
+
+    /// One image's channels quantized into `[cin / 4][h + 2p][w + 2p][4]`, the border holding
+    /// the zero point and channels past `cin` zeros, with room for `pixels` outputs read at the
+    /// last tap.
+    fn blocked_input(&self, xi: &[f32], h: usize, w: usize, pixels: usize) -> Vec<u8> {
+        let g = &self.geometry;
+        let (p, k) = (g.padding, g.k);
+        let (hp, wp) = (h + 2 * p, w + 2 * p);
+        let blocks = g.cin.div_ceil(4);
+        let last = (blocks - 1) * hp * wp + (k - 1) * wp + (k - 1) + pixels;
+        let len = (blocks * hp * wp).max(last) + PIXELS;
+        let zp = self.input.zero_point.clamp(0, 127) as u8;
+        let mut out = vec![0u8; len * 4];
+        let quant = Quantizer::new(self.input);
+        // Four channel rows quantized side by side, then interleaved one pixel (4 bytes) at a
+        // time; channels past `cin` stay zero.
+        let mut rows = vec![0u8; 4 * w];
+        for cb in 0..blocks {
+            let block = &mut out[cb * hp * wp * 4..(cb + 1) * hp * wp * 4];
+            let zps: [u8; 4] = std::array::from_fn(|r| if cb * 4 + r < g.cin { zp } else { 0 });
+            for (ih, dst) in block.chunks_exact_mut(wp * 4).enumerate() {
+                if ih < p || ih >= h + p {
+                    dst.chunks_exact_mut(4)
+                        .for_each(|px| px.copy_from_slice(&zps));
+                    continue;
+                }
+                for (r, row) in rows.chunks_exact_mut(w).enumerate() {
+                    let c = cb * 4 + r;
+                    if c < g.cin {
+                        let at = (c * h + ih - p) * w;
+                        quant.row(&xi[at..at + w], row);
+                    }
+                }
+                let (left, rest) = dst.split_at_mut(p * 4);
+                let (middle, right) = rest.split_at_mut(w * 4);
+                for px in left.chunks_exact_mut(4).chain(right.chunks_exact_mut(4)) {
+                    px.copy_from_slice(&zps);
+                }
+                for (iw, px) in middle.chunks_exact_mut(4).enumerate() {
+                    px.copy_from_slice(&[
+                        rows[iw],
+                        rows[w + iw],
+                        rows[2 * w + iw],
+                        rows[3 * w + iw],
+                    ]);
+                }
+            }
+        }
+        out
+    }
+
+    /// The patches of one image's channels of one group, packed `[k / 4][pixel][4]` with `k` in
+    /// (channel, kernel row, kernel column) order as the weights, taps outside the image holding
+    /// the zero point, `k` and pixel padding zeros.
+    #[allow(clippy::too_many_arguments)]
+    fn patches(
+        &self,
+        xi: &[u8],
+        cin_g: usize,
+        h: usize,
+        w: usize,
+        ho: usize,
+        wo: usize,
+        pixels: usize,
+    ) -> Vec<u8> {
+        let g = &self.geometry;
+        let (k, s, p) = (g.k, g.stride, g.padding);
+        let zp = self.input.zero_point.clamp(0, 127) as u8;
+        let mut packed = vec![0u8; self.row * pixels];
+        for ci in 0..cin_g {
+            let src = &xi[ci * h * w..(ci + 1) * h * w];
+            for ki in 0..k {
+                for kj in 0..k {
+                    let kidx = (ci * k + ki) * k + kj;
+                    let (base, lane) = ((kidx / 4) * pixels * 4, kidx % 4);
+                    // Output columns whose tap falls inside the image: ow * s + kj - p in [0, w).
+                    let lo = p.saturating_sub(kj).div_ceil(s).min(wo);
+                    let hi = if w + p > kj {
+                        ((w + p - kj - 1) / s + 1).min(wo)
+                    } else {
+                        0
+                    }
+                    .max(lo);
+                    for oh in 0..ho {
+                        let dst = &mut packed[base + oh * wo * 4..base + (oh + 1) * wo * 4];
+                        let ih = (oh * s + ki) as isize - p as isize;
+                        if ih < 0 || ih >= h as isize {
+                            dst.iter_mut().skip(lane).step_by(4).for_each(|v| *v = zp);
+                            continue;
+                        }
+                        let row = &src[ih as usize * w..(ih as usize + 1) * w];
+                        for ow in (0..lo).chain(hi..wo) {
+                            dst[ow * 4 + lane] = zp;
+                        }
+                        for ow in lo..hi {
+                            dst[ow * 4 + lane] = row[ow * s + kj - p];
+                        }
+                    }
+                }
+            }
+        }
+        packed
+    }
+}
+
+/// The integer of an input value (the fake quantizer's, clamped to 0..127). Rounding half to
+/// even by adding and subtracting 1.5 x 2^23 (exact for |v| < 2^22 in the default rounding mode;
+/// larger values clamp to the same end either way) avoids a libm call per value on CPUs without
+/// SSE4.1's rounding instruction in the baseline.
+#[derive(Debug, Clone, Copy)]
+struct Quantizer {
+    inv: f32,
+    zp: f32,
+}
+
+impl Quantizer {
+    const MAGIC: f32 = 12_582_912.0;
+
+    fn new(p: QParams) -> Self {
+        Self {
+            inv: 1.0 / p.scale,
+            zp: p.zero_point as f32,
+        }
+    }
+
+    #[inline(always)]
+    fn apply(self, v: f32) -> u8 {
+        // Beyond 2^22 the value clamps to an end anyway; NaN becomes 0 (Rust's `as`), as in
+        // the fake quantizer's conversion.
+        let t = (v * self.inv).clamp(-4_194_304.0, 4_194_304.0);
+        let r = (t + Self::MAGIC) - Self::MAGIC;
+        ((self.zp + r) as i32).clamp(0, 127) as u8
+    }
+
+    /// `dst[i] = apply(src[i])`, vectorised where the CPU allows (the same operations in every
+    /// lane, so the same bytes).
+    fn row(self, src: &[f32], dst: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present.
+            return unsafe { self.row_avx2(src, dst) };
+        }
+        self.row_plain(src, dst);
+    }
+
+    #[inline(always)]
+    fn row_plain(self, src: &[f32], dst: &mut [u8]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = self.apply(v);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn row_avx2(self, src: &[f32], dst: &mut [u8]) {
+        self.row_plain(src, dst);
+    }
+}
+
+/// One output channel's formula: `(acc - zc) * m + b`, then the ReLU when `relu`.
+#[derive(Debug, Clone, Copy)]
+struct Output {
+    zc: i32,
+    m: f32,
+    b: f32,
+    relu: bool,
+}
+
+impl Output {
+    /// `dst[i]` from `acc[i]`, vectorised where the CPU allows (the same operations in every
+    /// lane, so the same floats).
+    fn row(self, acc: &[i32], dst: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present.
+            return unsafe { self.row_avx2(acc, dst) };
+        }
+        self.row_plain(acc, dst);
+    }
+
+    #[inline(always)]
+    fn row_plain(self, acc: &[i32], dst: &mut [f32]) {
+        for (o, &a) in dst.iter_mut().zip(acc) {
+            let v = (a - self.zc) as f32 * self.m + self.b;
+            *o = if self.relu { v.max(0.0) } else { v };
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn row_avx2(self, acc: &[i32], dst: &mut [f32]) {
+        self.row_plain(acc, dst);
+    }
+}
+
+/// Every value of `x` quantized with `p`.
+fn quantize(x: &[f32], p: QParams) -> Vec<u8> {
+    let mut out = vec![0u8; x.len()];
+    Quantizer::new(p).row(x, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layer's formula computed directly, tap by tap, from its PyTorch-order weights.
+    fn naive(l: &Int8Layer, x: &[f32], n: usize, h: usize, w: usize, relu: bool) -> Vec<f32> {
+        let g = &l.geometry;
+        let (ho, wo) = l.output_size(h, w);
+        let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
+        let kk = cin_g * g.k * g.k;
+        let q = quantize(x, l.input);
+        let zp = l.input.zero_point;
+        let mut out = Vec::new();
+        for img in 0..n {
+            for co in 0..g.cout {
+                let gi = co / cout_g;
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let mut acc = 0i32;
+                        for ci in 0..cin_g {
+                            for ki in 0..g.k {
+                                for kj in 0..g.k {
+                                    let ih = (oh * g.stride + ki) as isize - g.padding as isize;
+                                    let iw = (ow * g.stride + kj) as isize - g.padding as isize;
+                                    let inside =
+                                        ih >= 0 && iw >= 0 && ih < h as isize && iw < w as isize;
+                                    let v = if inside {
+                                        let c = gi * cin_g + ci;
+                                        i32::from(
+                                            q[((img * g.cin + c) * h + ih as usize) * w
+                                                + iw as usize],
+                                        )
+                                    } else {
+                                        zp
+                                    };
+                                    let wv = l.values[co * kk + (ci * g.k + ki) * g.k + kj];
+                                    acc += v * i32::from(wv);
+                                }
+                            }
+                        }
+                        let v =
+                            (acc - l.zero_correction[co]) as f32 * l.multiplier[co] + l.bias[co];
+                        out.push(if relu { v.max(0.0) } else { v });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn lcg(seed: u64) -> impl FnMut() -> u32 {
+        let mut state = seed;
+        move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        }
+    }
+
+    #[test]
+    fn integer_convolutions_match_the_formula_tap_by_tap_in_both_layouts() {
+        let mut next = lcg(7);
+        // (cin, cout, k, stride, padding, groups, h, w, layout)
+        for (cin, cout, k, stride, padding, groups, h, w, layout) in [
+            (3, 5, 3, 1, 1, 1, 7, 6, InputLayout::Blocked),
+            (6, 9, 3, 1, 1, 1, 8, 8, InputLayout::Blocked),
+            (2, 3, 5, 1, 2, 1, 4, 4, InputLayout::Blocked),
+            (5, 4, 3, 1, 0, 1, 6, 7, InputLayout::Blocked),
+            (4, 6, 3, 2, 1, 1, 8, 9, InputLayout::Patches),
+            (6, 6, 3, 1, 1, 6, 5, 5, InputLayout::Patches),
+            (4, 8, 1, 2, 0, 1, 6, 6, InputLayout::Patches),
+            (8, 4, 1, 1, 0, 1, 5, 5, InputLayout::Blocked),
+        ] {
+            let geometry = Geometry {
+                cin,
+                cout,
+                k,
+                stride,
+                padding,
+                groups,
+            };
+            let kk = cin / groups * k * k;
+            let values: Vec<i8> = (0..cout * kk).map(|_| (next() % 256) as u8 as i8).collect();
+            let input = QParams {
+                scale: 0.05,
+                zero_point: (next() % 128) as i32,
+            };
+            let l = Int8Layer::new(
+                geometry,
+                values,
+                (0..cout).map(|c| 0.2 * (c + 1) as f32).collect(),
+                input,
+                (0..cout).map(|c| c as f32 - 1.5).collect(),
+            );
+            assert_eq!(l.layout, layout);
+            let n = 2;
+            // Values spanning the whole input range and beyond (clamped at both ends).
+            let x: Vec<f32> = (0..n * cin * h * w)
+                .map(|_| (next() % 1000) as f32 / 100.0 - 5.0)
+                .collect();
+            for relu in [false, true] {
+                assert_eq!(
+                    l.conv(&x, n, h, w, relu),
+                    naive(&l, &x, n, h, w, relu),
+                    "{cin} {cout} k{k} s{stride} p{padding} g{groups} relu {relu}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_linear_layer_is_a_one_by_one_convolution() {
+        let mut next = lcg(11);
+        let (cin, cout, n) = (10, 7, 5);
+        let geometry = Geometry {
+            cin,
+            cout,
+            k: 1,
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        };
+        let values: Vec<i8> = (0..cout * cin)
+            .map(|_| (next() % 256) as u8 as i8)
+            .collect();
+        let l = Int8Layer::new(
+            geometry,
+            values,
+            vec![0.1; cout],
+            QParams {
+                scale: 0.03,
+                zero_point: 60,
+            },
+            (0..cout).map(|c| c as f32).collect(),
+        );
+        let x: Vec<f32> = (0..n * cin)
+            .map(|_| (next() % 400) as f32 / 100.0 - 2.0)
+            .collect();
+        assert_eq!(l.linear(&x, n), naive(&l, &x, n, 1, 1, false));
+    }
+}
