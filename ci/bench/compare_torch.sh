@@ -17,6 +17,10 @@
 #                `cargo build --release -p harness`)
 #   OUT_DIR      where the raw JSON of every run goes (default: a temporary folder, kept)
 #   HARNESS_ARGS extra arguments for `harness bench` (e.g. --stock)
+#   PRECISION    f32 (default), or int8: PyTorch's own int8 model (ci/bench/torch_int8.py: the
+#                same net after FX QAT with the x86 recipe, converted to its x86 quantized
+#                backend) beside `harness bench --precision int8`, each side's int8 throughput at
+#                batch 256 and batch-1 latency with its own f32 in the same process
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -26,11 +30,19 @@ TORCH_PYTHON="${TORCH_PYTHON:-$HOME/.torchref/bin/python}"
 SHARED_DIR="${SHARED_DIR:-$ROOT/../shared}"
 HARNESS="${HARNESS:-$ROOT/target/release/harness}"
 HARNESS_ARGS="${HARNESS_ARGS:-}"
+PRECISION="${PRECISION:-f32}"
 REFERENCE="$SHARED_DIR/bench/torch_reference.py"
 
 if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
     echo "ROUNDS must be a positive integer, got '$ROUNDS'" >&2
     exit 2
+fi
+if [[ "$PRECISION" != f32 && "$PRECISION" != int8 ]]; then
+    echo "PRECISION must be f32 or int8, got '$PRECISION'" >&2
+    exit 2
+fi
+if [[ "$PRECISION" == int8 ]]; then
+    HARNESS_ARGS="$HARNESS_ARGS --precision int8"
 fi
 if [[ ! -f "$REFERENCE" ]]; then
     echo "cannot find $REFERENCE (set SHARED_DIR to the folder holding bench/torch_reference.py)" >&2
@@ -54,6 +66,11 @@ mkdir -p "$OUT_DIR"
 # Runs the reference's own measurement (`bench_net`) for one net in a fresh process and records
 # the process's peak resident memory beside it (the reference does not measure memory).
 torch_one() { # net-name class-name out.json
+    if [[ "$PRECISION" == int8 ]]; then
+        "$TORCH_PYTHON" "$ROOT/ci/bench/torch_int8.py" "$REFERENCE" "$THREADS" "$1" "$2" "$3" \
+            2>"$3.err" || { echo "torch int8 $1 failed:" >&2; cat "$3.err" >&2; exit 1; }
+        return
+    fi
     "$TORCH_PYTHON" - "$REFERENCE" "$THREADS" "$1" "$2" "$3" <<'PY'
 import importlib.util, json, resource, sys
 script, threads, net, cls, out = sys.argv[1:6]
@@ -90,9 +107,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     harness_one vgg-small "$OUT_DIR/harness-vgg-small-$r.json"
 done
 
-python3 - "$OUT_DIR" "$ROUNDS" <<'PY'
+python3 - "$OUT_DIR" "$ROUNDS" "$PRECISION" <<'PY'
 import json, statistics, sys
-out_dir, rounds = sys.argv[1], int(sys.argv[2])
+out_dir, rounds, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
 def load(side, net):
     return [json.load(open(f"{out_dir}/{side}-{net}-{r}.json")) for r in range(1, rounds + 1)]
@@ -110,6 +127,20 @@ METRICS = [
     ("peak RSS (MiB)", lambda t: t["peak_rss_bytes"] / 2**20,
      lambda h: h["peak_rss_bytes"] / 2**20, "h/t", "{:.0f}"),
 ]
+if precision == "int8":
+    # Each side's int8 model, and its int8 / f32 ratios measured in the same process.
+    METRICS = [
+        ("int8 infer img/s (b256)", lambda t: t["int8_infer_b256_img_s"],
+         lambda h: h["int8_infer_images_per_second"], "h/t", "{:.0f}"),
+        ("int8 / f32 img/s (b256)",
+         lambda t: t["int8_infer_b256_img_s"] / t["f32_infer_b256_img_s"],
+         lambda h: h["int8_infer_images_per_second"] / h["infer_images_per_second"], "h/t",
+         "{:.2f}"),
+        ("int8 latency b1 p50 (ms)", lambda t: t["int8_latency_b1_ms"],
+         lambda h: h["int8_latency_ms_p50"], "t/h", "{:.3f}"),
+        ("int8 / f32 latency b1", lambda t: t["int8_latency_b1_ms"] / t["f32_latency_b1_ms"],
+         lambda h: h["int8_latency_ratio"], "t/h", "{:.2f}"),
+    ]
 
 def mmm(xs, fmt):
     return "/".join(fmt.format(v) for v in (min(xs), statistics.median(xs), max(xs)))
@@ -119,7 +150,7 @@ first_h = load("harness", "resnet20")[0]
 prov = first_h.get("provenance", {})
 print(f"torch {first_t.get('torch')} ({first_t.get('threads')} threads) vs harness "
       f"{prov.get('harness_version')} {prov.get('git')} ({first_h.get('threads')} threads, "
-      f"{first_h.get('kernels')} kernels, cpu {','.join(prov.get('cpu_features', []))}); "
+      f"{first_h.get('kernels')} kernels, int8 kernel {first_h.get('int8_kernel')}, cpu {','.join(prov.get('cpu_features', []))}); "
       f"{rounds} round(s), min/median/max of per-round medians")
 rows = []
 for net in ("resnet20", "vgg-small"):

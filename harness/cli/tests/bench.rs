@@ -118,4 +118,9 @@ fn bench_int8_measures_the_int8_deployment_beside_f32() {
         assert!(x > 0.0 && x.is_finite(), "{key} = {x}");
     }
     assert!(v["int8_latency_ratio_low"].as_f64() <= v["int8_latency_ratio_high"].as_f64());
+    let kernel = v["int8_kernel"].as_str().expect("int8_kernel");
+    assert!(
+        ["portable", "avx2", "avxvnni", "avx512vnni"].contains(&kernel),
+        "{kernel}"
+    );
 }

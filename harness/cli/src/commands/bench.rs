@@ -141,6 +141,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "{:<28} {:>10.3} [{:.3}, {:.3}]   (int8 / f32, interleaved; int8 p50 {:.3} ms)",
             "int8 latency b1 ratio", q.ratio.median, q.ratio.low, q.ratio.high, q.latency_p50
         );
+        println!(
+            "{:<28} {:>10}   (PROTBENCH_INT8_KERNEL=portable|avx2|avxvnni|avx512vnni forces one)",
+            "int8 kernel",
+            harness_core::quant::dot::Kernel::selected().name()
+        );
     }
     println!(
         "{:<28} {:>10.1} MiB",
@@ -184,6 +189,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "int8_latency_ratio": int8.as_ref().map(|q| q.ratio.median),
             "int8_latency_ratio_low": int8.as_ref().map(|q| q.ratio.low),
             "int8_latency_ratio_high": int8.as_ref().map(|q| q.ratio.high),
+            "int8_kernel": int8
+                .as_ref()
+                .map(|_| harness_core::quant::dot::Kernel::selected().name()),
             "peak_rss_bytes": peak_rss_bytes,
             "provenance": Provenance::collect(&device),
         });

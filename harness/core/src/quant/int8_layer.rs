@@ -156,45 +156,63 @@ impl Int8Layer {
     }
 
     /// The layer on a batch of `n` images `x` (`n x cin x h x w` floats), giving
-    /// `n x cout x ho x wo` floats, with the ReLU when `relu`. The inputs of every (image, group)
-    /// are quantized and laid out in parallel, then every (image, block of four output channels)
-    /// is computed in parallel, so a single image (batch-1 latency) uses every thread too.
+    /// `n x cout x ho x wo` floats, with the ReLU when `relu`. A batch of at least one image per
+    /// thread runs image by image in parallel, each thread reusing its buffers; a smaller one
+    /// (batch-1 latency) lays out its inputs in parallel, then computes every (image, block of
+    /// four output channels) in parallel, so that a single image uses every thread too.
     pub fn conv(&self, x: &[f32], n: usize, h: usize, w: usize, relu: bool) -> Vec<f32> {
+        self.conv_by(x, (n, h, w), relu, n >= rayon::current_num_threads())
+    }
+
+    /// [`Self::conv`], image by image or not.
+    fn conv_by(
+        &self,
+        x: &[f32],
+        (n, h, w): (usize, usize, usize),
+        relu: bool,
+        by_image: bool,
+    ) -> Vec<f32> {
         let g = &self.geometry;
         let (ho, wo) = self.output_size(h, w);
         let (cin_g, cout_g) = (g.cin / g.groups, g.cout / g.groups);
         let plane = ho * wo;
-        // Each (image, group): its input bytes, the offset of each k group, the pixels computed
-        // per output row (the padded width for the blocked layout) and their padded count.
-        let inputs: Vec<(Vec<u8>, Vec<usize>, usize, usize)> = (0..n * g.groups)
+        let group_input = |ig: usize| {
+            let (img, gi) = (ig / g.groups, ig % g.groups);
+            let first = (img * g.cin + gi * cin_g) * h * w;
+            &x[first..first + cin_g * h * w]
+        };
+        let mut out = vec![0f32; n * g.cout * plane];
+        if by_image {
+            out.par_chunks_mut(g.cout * plane)
+                .enumerate()
+                .for_each(|(img, y_img)| {
+                    SCRATCH.with(|scratch| {
+                        let mut guard = scratch.borrow_mut();
+                        let Scratch { bytes, acc } = &mut *guard;
+                        for (gi, y_group) in y_img.chunks_mut(cout_g * plane).enumerate() {
+                            let grid = self.lay_out(group_input(img * g.groups + gi), h, w, bytes);
+                            self.products(
+                                &grid,
+                                bytes,
+                                gi * cout_g,
+                                y_group,
+                                (plane, wo),
+                                relu,
+                                acc,
+                            );
+                        }
+                    });
+                });
+            return out;
+        }
+        let inputs: Vec<(Grid, Vec<u8>)> = (0..n * g.groups)
             .into_par_iter()
             .map(|ig| {
-                let (img, gi) = (ig / g.groups, ig % g.groups);
-                let first = (img * g.cin + gi * cin_g) * h * w;
-                let xi = &x[first..first + cin_g * h * w];
-                match self.layout {
-                    InputLayout::Blocked => {
-                        let (hp, wp) = (h + 2 * g.padding, w + 2 * g.padding);
-                        let pixels = padded_pixels(ho * wp);
-                        let bytes = self.blocked_input(xi, h, w, pixels);
-                        let offsets = (0..cin_g.div_ceil(4))
-                            .flat_map(|cb| {
-                                (0..g.k * g.k).map(move |t| cb * hp * wp + (t / g.k) * wp + t % g.k)
-                            })
-                            .collect();
-                        (bytes, offsets, wp, pixels)
-                    }
-                    InputLayout::Patches => {
-                        let pixels = padded_pixels(plane);
-                        let q = quantize(xi, self.input);
-                        let bytes = self.patches(&q, cin_g, h, w, ho, wo, pixels);
-                        let offsets = (0..self.row / 4).map(|k| k * pixels).collect();
-                        (bytes, offsets, wo, pixels)
-                    }
-                }
+                let mut bytes = Vec::new();
+                let grid = self.lay_out(group_input(ig), h, w, &mut bytes);
+                (grid, bytes)
             })
             .collect();
-        let mut out = vec![0f32; n * g.cout * plane];
         // Tasks: (image and group, first channel, the planes of up to four channels).
         let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
         for (img, y_img) in out.chunks_mut(g.cout * plane).enumerate() {
@@ -205,21 +223,77 @@ impl Int8Layer {
             }
         }
         tasks.into_par_iter().for_each(|(ig, co0, y)| {
-            let (bytes, offsets, stride, pixels) = &inputs[ig];
-            let rows = y.len() / plane;
-            let mut acc = vec![0i32; rows * pixels];
-            let weights = &self.weight[co0 * self.row..(co0 + rows) * self.row];
-            dot::matmul(bytes, offsets, *pixels, weights, rows, &mut acc);
-            for (j, (yc, ac)) in y.chunks_mut(plane).zip(acc.chunks(*pixels)).enumerate() {
-                let co = co0 + j;
-                let (m, b, zc) = (self.multiplier[co], self.bias[co], self.zero_correction[co]);
-                let out = Output { zc, m, b, relu };
-                for (yr, ar) in yc.chunks_mut(wo).zip(ac.chunks(*stride)) {
-                    out.row(ar, yr);
-                }
-            }
+            let (grid, bytes) = &inputs[ig];
+            self.products(grid, bytes, co0, y, (plane, wo), relu, &mut Vec::new());
         });
         out
+    }
+
+    /// One image's input channels of one group (`xi`, `h x w`) quantized into `bytes` in the
+    /// layer's layout; returns where the products read them.
+    fn lay_out(&self, xi: &[f32], h: usize, w: usize, bytes: &mut Vec<u8>) -> Grid {
+        let g = &self.geometry;
+        let (ho, wo) = self.output_size(h, w);
+        let cin_g = g.cin / g.groups;
+        match self.layout {
+            InputLayout::Blocked => {
+                let (hp, wp) = (h + 2 * g.padding, w + 2 * g.padding);
+                let pixels = padded_pixels(ho * wp);
+                self.blocked_input(xi, h, w, pixels, bytes);
+                let offsets = (0..cin_g.div_ceil(4))
+                    .flat_map(|cb| {
+                        (0..g.k * g.k).map(move |t| cb * hp * wp + (t / g.k) * wp + t % g.k)
+                    })
+                    .collect();
+                Grid {
+                    offsets,
+                    row_stride: wp,
+                    pixels,
+                }
+            }
+            InputLayout::Patches => {
+                let pixels = padded_pixels(ho * wo);
+                let q = quantize(xi, self.input);
+                self.patches(&q, cin_g, h, w, ho, wo, pixels, bytes);
+                Grid {
+                    offsets: (0..self.row / 4).map(|k| k * pixels).collect(),
+                    row_stride: wo,
+                    pixels,
+                }
+            }
+        }
+    }
+
+    /// Output channels `co0..` (as many as `y` holds planes of `plane = ho x wo`) from an
+    /// input laid out by [`Self::lay_out`], through the byte products and the output formula;
+    /// `acc` is scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn products(
+        &self,
+        grid: &Grid,
+        bytes: &[u8],
+        co0: usize,
+        y: &mut [f32],
+        (plane, wo): (usize, usize),
+        relu: bool,
+        acc: &mut Vec<i32>,
+    ) {
+        let rows = y.len() / plane;
+        acc.resize(rows * grid.pixels, 0);
+        let weights = &self.weight[co0 * self.row..(co0 + rows) * self.row];
+        dot::matmul(bytes, &grid.offsets, grid.pixels, weights, rows, acc);
+        for (j, (yc, ac)) in y.chunks_mut(plane).zip(acc.chunks(grid.pixels)).enumerate() {
+            let co = co0 + j;
+            let out = Output {
+                zc: self.zero_correction[co],
+                m: self.multiplier[co],
+                b: self.bias[co],
+                relu,
+            };
+            for (yr, ar) in yc.chunks_mut(wo).zip(ac.chunks(grid.row_stride)) {
+                out.row(ar, yr);
+            }
+        }
     }
 
     /// The layer as a linear one on `n` rows of `cin` floats, giving `n x cout` floats. The
@@ -251,7 +325,7 @@ impl Int8Layer {
     /// One image's channels quantized into `[cin / 4][h + 2p][w + 2p][4]`, the border holding
     /// the zero point and channels past `cin` zeros, with room for `pixels` outputs read at the
     /// last tap.
-    fn blocked_input(&self, xi: &[f32], h: usize, w: usize, pixels: usize) -> Vec<u8> {
+    fn blocked_input(&self, xi: &[f32], h: usize, w: usize, pixels: usize, out: &mut Vec<u8>) {
         let g = &self.geometry;
         let (p, k) = (g.padding, g.k);
         let (hp, wp) = (h + 2 * p, w + 2 * p);
@@ -259,7 +333,8 @@ impl Int8Layer {
         let last = (blocks - 1) * hp * wp + (k - 1) * wp + (k - 1) + pixels;
         let len = (blocks * hp * wp).max(last) + PIXELS;
         let zp = self.input.zero_point.clamp(0, 127) as u8;
-        let mut out = vec![0u8; len * 4];
+        // Bytes past the last block are read only for discarded pixels; any value does.
+        out.resize(len * 4, 0);
         let quant = Quantizer::new(self.input);
         // Four channel rows quantized side by side, then interleaved one pixel (4 bytes) at a
         // time; channels past `cin` stay zero.
@@ -278,6 +353,8 @@ impl Int8Layer {
                     if c < g.cin {
                         let at = (c * h + ih - p) * w;
                         quant.row(&xi[at..at + w], row);
+                    } else {
+                        row.fill(0);
                     }
                 }
                 let (left, rest) = dst.split_at_mut(p * 4);
@@ -295,7 +372,6 @@ impl Int8Layer {
                 }
             }
         }
-        out
     }
 
     /// The patches of one image's channels of one group, packed `[k / 4][pixel][4]` with `k` in
@@ -311,11 +387,14 @@ impl Int8Layer {
         ho: usize,
         wo: usize,
         pixels: usize,
-    ) -> Vec<u8> {
+        packed: &mut Vec<u8>,
+    ) {
         let g = &self.geometry;
         let (k, s, p) = (g.k, g.stride, g.padding);
         let zp = self.input.zero_point.clamp(0, 127) as u8;
-        let mut packed = vec![0u8; self.row * pixels];
+        // Lanes past `k` meet zero weights and pixels past the plane are discarded: a reused
+        // buffer's old bytes there do not matter.
+        packed.resize(self.row * pixels, 0);
         for ci in 0..cin_g {
             let src = &xi[ci * h * w..(ci + 1) * h * w];
             for ki in 0..k {
@@ -348,8 +427,28 @@ impl Int8Layer {
                 }
             }
         }
-        packed
     }
+}
+
+/// Where the products read a laid-out input (see [`super::dot::matmul`]).
+struct Grid {
+    /// Pixel offset of each group of four `k`.
+    offsets: Vec<usize>,
+    /// Pixels computed per output row (the padded width for the blocked layout).
+    row_stride: usize,
+    /// Pixels computed, padded.
+    pixels: usize,
+}
+
+/// A thread's reused buffers: laid-out input bytes and accumulators.
+#[derive(Default)]
+struct Scratch {
+    bytes: Vec<u8>,
+    acc: Vec<i32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// The integer of an input value (the fake quantizer's, clamped to 0..127). Rounding half to
@@ -374,11 +473,14 @@ impl Quantizer {
 
     #[inline(always)]
     fn apply(self, v: f32) -> u8 {
-        // Beyond 2^22 the value clamps to an end anyway; NaN becomes 0 (Rust's `as`), as in
-        // the fake quantizer's conversion.
-        let t = (v * self.inv).clamp(-4_194_304.0, 4_194_304.0);
+        // Beyond 2^22 the value clamps to an end anyway. `max` / `min` (not `clamp`) send NaN
+        // to -2^22, hence 0, as the fake quantizer's conversion does, and leave a finite value
+        // in i32 range, which converts in vector lanes (Rust's saturating `as` does not).
+        let t = (v * self.inv).max(-4_194_304.0).min(4_194_304.0);
         let r = (t + Self::MAGIC) - Self::MAGIC;
-        ((self.zp + r) as i32).clamp(0, 127) as u8
+        // SAFETY: `zp + r` is finite and below 2^23 in magnitude.
+        let q = unsafe { (self.zp + r).to_int_unchecked::<i32>() };
+        q.clamp(0, 127) as u8
     }
 
     /// `dst[i] = apply(src[i])`, vectorised where the CPU allows (the same operations in every
@@ -550,14 +652,55 @@ mod tests {
             let x: Vec<f32> = (0..n * cin * h * w)
                 .map(|_| (next() % 1000) as f32 / 100.0 - 5.0)
                 .collect();
-            for relu in [false, true] {
+            for (relu, by_image) in [(false, false), (true, false), (false, true), (true, true)] {
                 assert_eq!(
-                    l.conv(&x, n, h, w, relu),
+                    l.conv_by(&x, (n, h, w), relu, by_image),
                     naive(&l, &x, n, h, w, relu),
-                    "{cin} {cout} k{k} s{stride} p{padding} g{groups} relu {relu}"
+                    "{cin} {cout} k{k} s{stride} p{padding} g{groups} relu {relu} by image \
+                     {by_image}"
                 );
             }
         }
+    }
+
+    #[test]
+    fn inputs_round_half_to_even_and_clamp_in_every_lane_as_the_fake_quantizer() {
+        let p = QParams {
+            scale: 0.5,
+            zero_point: 3,
+        };
+        let q = Quantizer::new(p);
+        // The fake quantizer's integer: zp + round_half_even(x / s), clamped; NaN gives 0.
+        let reference = |v: f32| -> u8 {
+            let r = (v * (1.0 / p.scale)).round_ties_even();
+            ((p.zero_point as f32 + r) as i64).clamp(0, 127) as u8
+        };
+        let mut values = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            1e30,
+            -1e30,
+            0.25,
+            0.75,
+            1.25,
+            -0.25,
+            -1.75,
+            -1.5,
+            62.0,
+            62.25,
+            62.75,
+            -0.0,
+        ];
+        values.extend((0..200).map(|i| i as f32 * 0.37 - 20.0));
+        let mut got = vec![0u8; values.len()];
+        q.row(&values, &mut got);
+        let want: Vec<u8> = values.iter().map(|&v| reference(v)).collect();
+        assert_eq!(got, want);
+        let single: Vec<u8> = values.iter().map(|&v| q.apply(v)).collect();
+        assert_eq!(single, want);
     }
 
     #[test]
