@@ -476,6 +476,7 @@ impl Quantizer {
         // Beyond 2^22 the value clamps to an end anyway. `max` / `min` (not `clamp`) send NaN
         // to -2^22, hence 0, as the fake quantizer's conversion does, and leave a finite value
         // in i32 range, which converts in vector lanes (Rust's saturating `as` does not).
+        #[allow(clippy::manual_clamp)] // clamp keeps NaN; this must not
         let t = (v * self.inv).max(-4_194_304.0).min(4_194_304.0);
         let r = (t + Self::MAGIC) - Self::MAGIC;
         // SAFETY: `zp + r` is finite and below 2^23 in magnitude.
