@@ -21,6 +21,8 @@
 #                same net after FX QAT with the x86 recipe, converted to its x86 quantized
 #                backend) beside `harness bench --precision int8`, each side's int8 throughput at
 #                batch 256 and batch-1 latency with its own f32 in the same process
+#                (TORCH_INT8_ENGINE and ONEDNN_MAX_CPU_ISA reach the PyTorch side: see that
+#                script)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -150,7 +152,10 @@ first_h = load("harness", "resnet20")[0]
 prov = first_h.get("provenance", {})
 print(f"torch {first_t.get('torch')} ({first_t.get('threads')} threads) vs harness "
       f"{prov.get('harness_version')} {prov.get('git')} ({first_h.get('threads')} threads, "
-      f"{first_h.get('kernels')} kernels, int8 kernel {first_h.get('int8_kernel')}, cpu {','.join(prov.get('cpu_features', []))}); "
+      f"{first_h.get('kernels')} kernels, int8 kernel {first_h.get('int8_kernel')}"
+      + (f"; torch int8 engine {first_t.get('engine')}, oneDNN ISA cap "
+         f"{first_t.get('onednn_max_cpu_isa')}" if precision == "int8" else "")
+      + f", cpu {','.join(prov.get('cpu_features', []))}); "
       f"{rounds} round(s), min/median/max of per-round medians")
 rows = []
 for net in ("resnet20", "vgg-small"):

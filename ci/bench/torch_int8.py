@@ -11,8 +11,14 @@ and batch-1 latency (200 runs after 20 warm-up), both models interleaved per run
 noise of a shared machine hits both; the top-1 agreement of the int8 and f32 models on the
 batch is reported too.
 
+The quantized engine is `x86` unless TORCH_INT8_ENGINE names another (`fbgemm`, `onednn`).
+On CPUs with AMX (Sapphire Rapids and later) oneDNN, behind `x86`, multiplies int8 tiles with
+AMX; `ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI` (or `AVX2`) keeps it to the instructions an older
+CPU has, for a like-for-like comparison with the harness's kernels.
+
 Usage: torch_int8.py REFERENCE THREADS NET CLASS OUT.json
 """
+import os
 import importlib.util
 import json
 import resource
@@ -32,7 +38,7 @@ def main():
     from torch.ao.quantization import get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
-    torch.backends.quantized.engine = "x86"
+    torch.backends.quantized.engine = os.environ.get("TORCH_INT8_ENGINE", "x86")
     model = getattr(ref, cls)()
     example = (torch.randn(32, 3, 32, 32),)
     model.train()
@@ -46,7 +52,8 @@ def main():
     float_model = getattr(ref, cls)().eval()
 
     res = {"net": net, "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "engine": torch.backends.quantized.engine}
+           "engine": torch.backends.quantized.engine,
+           "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
     xb = torch.randn(256, 3, 32, 32)
     x1 = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
