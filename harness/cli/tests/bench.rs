@@ -118,6 +118,14 @@ fn bench_int8_measures_the_int8_deployment_beside_f32() {
         assert!(x > 0.0 && x.is_finite(), "{key} = {x}");
     }
     assert!(v["int8_latency_ratio_low"].as_f64() <= v["int8_latency_ratio_high"].as_f64());
+    // The deployment benchmarked is the one read back from its int8 file, about a quarter of
+    // the f32 file.
+    let ratio = v["int8_file_bytes"].as_f64().expect("int8_file_bytes")
+        / v["f32_file_bytes"].as_f64().expect("f32_file_bytes");
+    assert!(
+        (0.2..0.35).contains(&ratio),
+        "int8 / f32 file bytes {ratio}"
+    );
     let kernel = v["int8_kernel"].as_str().expect("int8_kernel");
     assert!(
         ["portable", "avx2", "avxvnni", "avx512vnni"].contains(&kernel),

@@ -142,6 +142,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "int8 latency b1 ratio", q.ratio.median, q.ratio.low, q.ratio.high, q.latency_p50
         );
         println!(
+            "{:<28} {:>10} B   (f32: {} B)",
+            "int8 file", q.file_bytes, q.f32_file_bytes
+        );
+        println!(
             "{:<28} {:>10}   (PROTBENCH_INT8_KERNEL=portable|avx2|avxvnni|avx512vnni forces one)",
             "int8 kernel",
             harness_core::quant::dot::Kernel::selected().name()
@@ -189,6 +193,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "int8_latency_ratio": int8.as_ref().map(|q| q.ratio.median),
             "int8_latency_ratio_low": int8.as_ref().map(|q| q.ratio.low),
             "int8_latency_ratio_high": int8.as_ref().map(|q| q.ratio.high),
+            "int8_file_bytes": int8.as_ref().map(|q| q.file_bytes),
+            "f32_file_bytes": int8.as_ref().map(|q| q.f32_file_bytes),
             "int8_kernel": int8
                 .as_ref()
                 .map(|_| harness_core::quant::dot::Kernel::selected().name()),
@@ -390,6 +396,9 @@ fn bench_latency(model: &dyn Model, inputs: &mut Inputs) -> anyhow::Result<Laten
 
 /// What the int8 deployment of the benchmarked model measured.
 struct Int8Figures {
+    /// Bytes of the int8 safetensors file, and of the f32 one.
+    file_bytes: u64,
+    f32_file_bytes: u64,
     infer: Stats,
     latency_p50: f64,
     /// int8 / f32 batch-1 latency, paired.
@@ -397,7 +406,8 @@ struct Int8Figures {
 }
 
 /// The model's int8 deployment: observers calibrated on four batches of the random inputs (no
-/// training; the weights are the benchmark's), frozen, batch norm folded, then inference
+/// training; the weights are the benchmark's), frozen, batch norm folded, written to its int8
+/// file and read back, then inference
 /// throughput as `bench_infer` measures f32's and batch-1 latency interleaved with f32.
 fn bench_int8(
     spec: &ModelSpec,
@@ -415,7 +425,13 @@ fn bench_int8(
         let pass = harness_core::zoo::Pass::new(false).with_layer_hook(&*qat);
         plain.model.forward_range(0..stages, &x, &pass)?;
     }
-    let int8 = Int8Model::convert(&FakeQuantModel::new(plain.clone(), qat))?;
+    let converted = Int8Model::convert(&FakeQuantModel::new(plain.clone(), qat))?;
+    // The deployment is benchmarked as shipped: written to its int8 file and read back.
+    let dir = tempfile::tempdir().context("a temporary folder for the int8 file")?;
+    let file = dir.path().join("int8.safetensors");
+    converted.save(&file)?;
+    let int8 = Int8Model::load(spec.clone(), &file)?;
+    let file_bytes = std::fs::metadata(&file)?.len();
     let x = inputs.images(args.infer_batch)?;
     let forward =
         || -> anyhow::Result<Vec<f32>> { Ok(int8.logits(&x)?.flatten_all()?.to_vec1::<f32>()?) };
@@ -445,6 +461,8 @@ fn bench_int8(
         Ok(())
     })?;
     Ok(Int8Figures {
+        file_bytes,
+        f32_file_bytes: params.to_safetensors_bytes()?.len() as u64,
         infer: Stats::of(&rates),
         latency_p50: Summary::of(&times[1]).p50,
         ratio: paired_ratio(&times[1], &times[0]),

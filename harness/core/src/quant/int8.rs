@@ -42,7 +42,7 @@ impl Int8Model {
         // The convolution geometry comes from running the model once with a recording hook.
         let shapes = record_geometry(&fq.model)?;
         for (name, q) in fq.qat.layers() {
-            let Some(geo) = shapes.get(&name) else {
+            let Some((geo, _)) = shapes.get(&name) else {
                 return Err(crate::Error::Mismatch(format!(
                     "layer `{name}` was quantized but did not run in the model"
                 )));
@@ -113,9 +113,13 @@ impl Int8Model {
     }
 }
 
-/// Runs `model` once on a small input and records each conv / linear layer's geometry.
-fn record_geometry(model: &PlainModel) -> Result<BTreeMap<String, Geometry>> {
-    struct Recorder(std::sync::Mutex<BTreeMap<String, Geometry>>);
+/// A layer's geometry, and the store prefix of the batch norm after it (folded into it).
+pub(crate) type Recorded = (Geometry, Option<String>);
+
+/// Runs `model` once on a small input and records each conv / linear layer's geometry and
+/// batch norm.
+pub(crate) fn record_geometry(model: &PlainModel) -> Result<BTreeMap<String, Recorded>> {
+    struct Recorder(std::sync::Mutex<BTreeMap<String, Recorded>>);
     impl LayerHook for Recorder {
         fn conv(&self, unit: &ConvBn, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
             let w = unit.conv.weight();
@@ -126,14 +130,17 @@ fn record_geometry(model: &PlainModel) -> Result<BTreeMap<String, Geometry>> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(
                     unit.name.clone(),
-                    Geometry {
-                        cin: cin * cfg.groups,
-                        cout,
-                        k,
-                        stride: cfg.stride,
-                        padding: cfg.padding,
-                        groups: cfg.groups,
-                    },
+                    (
+                        Geometry {
+                            cin: cin * cfg.groups,
+                            cout,
+                            k,
+                            stride: cfg.stride,
+                            padding: cfg.padding,
+                            groups: cfg.groups,
+                        },
+                        unit.bn.as_ref().map(|(name, _)| name.clone()),
+                    ),
                 );
             unit.forward_plain(xs, train)
         }
@@ -144,14 +151,17 @@ fn record_geometry(model: &PlainModel) -> Result<BTreeMap<String, Geometry>> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(
                     unit.name.clone(),
-                    Geometry {
-                        cin,
-                        cout,
-                        k: 1,
-                        stride: 1,
-                        padding: 0,
-                        groups: 1,
-                    },
+                    (
+                        Geometry {
+                            cin,
+                            cout,
+                            k: 1,
+                            stride: 1,
+                            padding: 0,
+                            groups: 1,
+                        },
+                        None,
+                    ),
                 );
             unit.forward_plain(xs)
         }
@@ -218,20 +228,19 @@ impl Deployed for Int8Model {
         Ok(self.model.model.forward_range(0..n, images, &pass)?)
     }
 
-    /// The int8 file: each layer's [`Int8Layer::bytes`], plus every tensor no layer or folded
-    /// batch norm took, in its own type.
+    /// The values of the int8 deployment: each layer's [`Int8Layer::bytes`] (one byte per
+    /// weight; per channel a scale, zero point and bias of four bytes), plus every tensor no
+    /// layer or folded batch norm took, in its own type. The safetensors file
+    /// ([`Int8Model::save`]) adds its header, two scalars per layer, and stores zero points as
+    /// I64, as PyTorch's convention does.
     fn model_bytes(&self) -> usize {
         let layer_bytes: usize = self.layers.values().map(|l| l.bytes()).sum();
-        let mut rest = 0usize;
-        for name in self.model.params.names() {
-            let (prefix, _) = name.rsplit_once('.').unwrap_or(("", name.as_str()));
-            if self.layers.contains_key(prefix) || self.folded.contains(prefix) {
-                continue;
-            }
-            if let Some(t) = self.model.params.get(&name) {
-                rest += t.elem_count() * t.dtype().size_in_bytes();
-            }
-        }
+        let rest: usize = self
+            .float_tensors()
+            .iter()
+            .filter_map(|name| self.model.params.get(name))
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
         layer_bytes + rest
     }
 }

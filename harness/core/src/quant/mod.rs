@@ -20,6 +20,7 @@
 pub mod dot;
 pub mod fake;
 pub mod int8;
+pub mod int8_file;
 pub mod int8_layer;
 pub mod observer;
 pub mod qat;
