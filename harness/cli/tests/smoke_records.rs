@@ -109,10 +109,16 @@ fn smoke_run_is_complete_and_plausible() {
     // serve int8 answers that agree with their fake-quantized models, and DivQAT moves the
     // quantized answers further from the f32 victim's than plain QAT.
     let acc = value("qat", "-", "owner-accuracy");
-    assert!(acc > owner - 0.1, "qat: owner accuracy {acc} against {owner}");
+    assert!(
+        acc > owner - 0.1,
+        "qat: owner accuracy {acc} against {owner}"
+    );
     for defence in ["qat", "divqat"] {
         let ratio = value(defence, "-", "model-bytes") / value("none", "-", "model-bytes");
-        assert!((0.2..0.35).contains(&ratio), "{defence}: size ratio {ratio}");
+        assert!(
+            (0.2..0.35).contains(&ratio),
+            "{defence}: size ratio {ratio}"
+        );
         let agree = value(defence, "-", "int8-agreement");
         assert!(agree >= 0.99, "{defence}: int8 agreement {agree}");
     }

@@ -55,6 +55,31 @@ fn argmax(xp: &[f32], w: usize, k: usize, s: usize, oh: usize, ow: usize) -> usi
     best
 }
 
+/// The maximum of each window of one plane, the value [`argmax`] finds (the first maximum, a
+/// NaN when the window holds one) without tracking its position: the window's rows are folded
+/// column by column, so the loops run in vector lanes.
+fn max_plane(xp: &[f32], yp: &mut [f32], w: usize, k: usize, s: usize, wo: usize) {
+    // `m` keeps the first maximum (strictly greater replaces it); `nan` remembers a NaN, which
+    // wins, as PyTorch propagates it.
+    #[inline(always)]
+    fn fold(m: f32, nan: bool, v: f32) -> (f32, bool) {
+        (if v > m { v } else { m }, nan | v.is_nan())
+    }
+    for (oh, yr) in yp.chunks_exact_mut(wo).enumerate() {
+        for (ow, y) in yr.iter_mut().enumerate() {
+            let first = oh * s * w + ow * s;
+            let (mut m, mut nan) = (xp[first], xp[first].is_nan());
+            for ki in 0..k {
+                let row = first + ki * w;
+                for &v in &xp[row..row + k] {
+                    (m, nan) = fold(m, nan, v);
+                }
+            }
+            *y = if nan { f32::NAN } else { m };
+        }
+    }
+}
+
 impl CustomOp1 for Pool {
     fn name(&self) -> &'static str {
         match self.kind {
@@ -73,6 +98,9 @@ impl CustomOp1 for Pool {
             .zip(x.par_chunks(h * w))
             .with_min_len(8)
             .for_each(|(yp, xp)| {
+                if self.kind == Kind::Max {
+                    return max_plane(xp, yp, w, k, s, wo);
+                }
                 for oh in 0..ho {
                     for ow in 0..wo {
                         yp[oh * wo + ow] = match self.kind {
@@ -196,4 +224,34 @@ impl CustomOp1 for GlobalAvg {
 pub fn global_avg_pool2d(x: &Tensor) -> Result<Tensor> {
     x.dims4()?;
     x.contiguous()?.apply_op1(GlobalAvg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_maximum_is_the_value_at_argmax_with_nan_and_signed_zeros() {
+        // Windows of 2x2 and 3x3 (stride 2 and 1) over values with ties, signed zeros and NaN.
+        let pool = [1.0f32, -0.0, 0.0, 3.0, 3.0, -2.0, f32::NAN, 0.5, -0.0];
+        let (h, w) = (7, 8);
+        let xp: Vec<f32> = (0..h * w)
+            .map(|i| pool[(i * 7 + i / 5) % pool.len()])
+            .collect();
+        for (k, s) in [(2, 2), (3, 1), (3, 2), (1, 1)] {
+            let (ho, wo) = ((h - k) / s + 1, (w - k) / s + 1);
+            let mut y = vec![0f32; ho * wo];
+            max_plane(&xp, &mut y, w, k, s, wo);
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let want = xp[argmax(&xp, w, k, s, oh, ow)];
+                    let got = y[oh * wo + ow];
+                    assert!(
+                        (want.is_nan() && got.is_nan()) || want.to_bits() == got.to_bits(),
+                        "k{k} s{s} ({oh}, {ow}): {got} against {want}"
+                    );
+                }
+            }
+        }
+    }
 }
