@@ -290,9 +290,7 @@ impl Int8Layer {
                 b: self.bias[co],
                 relu,
             };
-            for (yr, ar) in yc.chunks_mut(wo).zip(ac.chunks(grid.row_stride)) {
-                out.row(ar, yr);
-            }
+            out.plane(ac, grid.row_stride, yc, wo);
         }
     }
 
@@ -335,40 +333,61 @@ impl Int8Layer {
         let zp = self.input.zero_point.clamp(0, 127) as u8;
         // Bytes past the last block are read only for discarded pixels; any value does.
         out.resize(len * 4, 0);
-        let quant = Quantizer::new(self.input);
-        // Four channel rows quantized side by side, then interleaved one pixel (4 bytes) at a
-        // time; channels past `cin` stay zero.
-        let mut rows = vec![0u8; 4 * w];
+        // The image's channels quantized in one pass, then interleaved four channels per pixel;
+        // channels past `cin` are zeros.
+        QUANTIZED.with(|q| {
+            let mut q = q.borrow_mut();
+            q.resize(xi.len(), 0);
+            Quantizer::new(self.input).row(xi, &mut q);
+            self.interleave(&q, (h, w), (hp, wp), zp, out);
+        });
+    }
+
+    /// The quantized channels `q` (`cin x h x w`) into `out`'s blocks of four channels, the
+    /// border holding `zp` (see [`Self::blocked_input`]).
+    fn interleave(
+        &self,
+        q: &[u8],
+        (h, w): (usize, usize),
+        (hp, wp): (usize, usize),
+        zp: u8,
+        out: &mut [u8],
+    ) {
+        let g = &self.geometry;
+        let p = g.padding;
+        let blocks = g.cin.div_ceil(4);
+        let plane = |c: usize| (c < g.cin).then(|| &q[c * h * w..(c + 1) * h * w]);
         for cb in 0..blocks {
             let block = &mut out[cb * hp * wp * 4..(cb + 1) * hp * wp * 4];
             let zps: [u8; 4] = std::array::from_fn(|r| if cb * 4 + r < g.cin { zp } else { 0 });
+            let planes: [Option<&[u8]>; 4] = std::array::from_fn(|r| plane(cb * 4 + r));
             for (ih, dst) in block.chunks_exact_mut(wp * 4).enumerate() {
                 if ih < p || ih >= h + p {
                     dst.chunks_exact_mut(4)
                         .for_each(|px| px.copy_from_slice(&zps));
                     continue;
                 }
-                for (r, row) in rows.chunks_exact_mut(w).enumerate() {
-                    let c = cb * 4 + r;
-                    if c < g.cin {
-                        let at = (c * h + ih - p) * w;
-                        quant.row(&xi[at..at + w], row);
-                    } else {
-                        row.fill(0);
-                    }
-                }
                 let (left, rest) = dst.split_at_mut(p * 4);
                 let (middle, right) = rest.split_at_mut(w * 4);
                 for px in left.chunks_exact_mut(4).chain(right.chunks_exact_mut(4)) {
                     px.copy_from_slice(&zps);
                 }
-                for (iw, px) in middle.chunks_exact_mut(4).enumerate() {
-                    px.copy_from_slice(&[
-                        rows[iw],
-                        rows[w + iw],
-                        rows[2 * w + iw],
-                        rows[3 * w + iw],
-                    ]);
+                let at = (ih - p) * w;
+                let row = |r: usize| planes[r].map(|pl| &pl[at..at + w]);
+                match (row(0), row(1), row(2), row(3)) {
+                    (Some(a), Some(b), Some(c), Some(d)) => {
+                        for (iw, px) in middle.chunks_exact_mut(4).enumerate() {
+                            px.copy_from_slice(&[a[iw], b[iw], c[iw], d[iw]]);
+                        }
+                    }
+                    rows => {
+                        let rows = [rows.0, rows.1, rows.2, rows.3];
+                        for (iw, px) in middle.chunks_exact_mut(4).enumerate() {
+                            for (r, v) in px.iter_mut().enumerate() {
+                                *v = rows[r].map_or(0, |x| x[iw]);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -449,6 +468,8 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+    /// A thread's quantized input channels, before they are laid out.
+    static QUANTIZED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The integer of an input value (the fake quantizer's, clamped to 0..127). Rounding half to
@@ -519,29 +540,32 @@ struct Output {
 }
 
 impl Output {
-    /// `dst[i]` from `acc[i]`, vectorised where the CPU allows (the same operations in every
-    /// lane, so the same floats).
-    fn row(self, acc: &[i32], dst: &mut [f32]) {
+    /// One output plane: row `r` of `dst` (`wo` values) from the first `wo` accumulators of
+    /// row `r` of `acc` (`stride` per row), vectorised where the CPU allows (the same
+    /// operations in every lane, so the same floats).
+    fn plane(self, acc: &[i32], stride: usize, dst: &mut [f32], wo: usize) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 is present.
-            return unsafe { self.row_avx2(acc, dst) };
+            return unsafe { self.plane_avx2(acc, stride, dst, wo) };
         }
-        self.row_plain(acc, dst);
+        self.plane_plain(acc, stride, dst, wo);
     }
 
     #[inline(always)]
-    fn row_plain(self, acc: &[i32], dst: &mut [f32]) {
-        for (o, &a) in dst.iter_mut().zip(acc) {
-            let v = (a - self.zc) as f32 * self.m + self.b;
-            *o = if self.relu { v.max(0.0) } else { v };
+    fn plane_plain(self, acc: &[i32], stride: usize, dst: &mut [f32], wo: usize) {
+        for (yr, ar) in dst.chunks_mut(wo).zip(acc.chunks(stride)) {
+            for (o, &a) in yr.iter_mut().zip(ar) {
+                let v = (a - self.zc) as f32 * self.m + self.b;
+                *o = if self.relu { v.max(0.0) } else { v };
+            }
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn row_avx2(self, acc: &[i32], dst: &mut [f32]) {
-        self.row_plain(acc, dst);
+    unsafe fn plane_avx2(self, acc: &[i32], stride: usize, dst: &mut [f32], wo: usize) {
+        self.plane_plain(acc, stride, dst, wo);
     }
 }
 
