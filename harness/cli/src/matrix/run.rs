@@ -103,20 +103,39 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
             .collect();
         if !defences.is_empty() {
             bar.set_message(format!("{name}: protecting and timing"));
+            journal(
+                s,
+                &format!("{name}: protecting and timing {} defences", defences.len()),
+            );
             run.time_deployments(&defences);
         }
         for cell in cells {
             bar.set_message(cell.id());
+            let start = Instant::now();
             let rows = contain_panic(|| run.cell(cell))
                 .map_err(|e| e.context(format!("cell {}", cell.id())));
-            match rows {
-                Ok(rows) => log.append(&rows)?,
+            let outcome = match rows {
+                Ok(rows) => {
+                    log.append(&rows)?;
+                    "done"
+                }
                 Err(e) => {
                     bar.println(format!("error: {e:#}"));
                     log.append(&[error_row(s, &cell.key, &e)])?;
+                    "failed"
                 }
-            }
+            };
             bar.inc(1);
+            journal(
+                s,
+                &format!(
+                    "cell {}/{} {} {outcome} in {:.0} s",
+                    bar.position(),
+                    bar.length().unwrap_or(0),
+                    cell.id(),
+                    start.elapsed().as_secs_f64()
+                ),
+            );
         }
     }
     bar.finish_and_clear();
@@ -124,6 +143,20 @@ pub fn execute(s: &RunSettings, plan: &Plan, log: &RecordLog) -> anyhow::Result<
         ran: pending.len(),
         skipped,
     })
+}
+
+/// A progress line for logs: when progress is on but stderr is not a terminal (a run under
+/// `nohup` or CI), the bar draws nothing, so each victim's protection and each finished cell
+/// get one timestamped line instead.
+fn journal(s: &RunSettings, line: &str) {
+    use std::io::IsTerminal;
+    if s.progress && !std::io::stderr().is_terminal() {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (h, m, sec) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+        eprintln!("[{h:02}:{m:02}:{sec:02} UTC] {line}");
+    }
 }
 
 /// Runs `f`, turning a panic (a bug in a component) into an error, so that it fails its cell
