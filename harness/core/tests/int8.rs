@@ -491,3 +491,38 @@ fn a_hand_made_int8_tensor_is_checked() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Writes an int8 deployment (integer layers, batch norm folded, each layer's input
+/// quantization) of a ResNet-20 with non-initial batch-norm state and observers calibrated on
+/// random images, with an input and the logits the integer kernels give, for
+/// `ci/torch/load_int8_deployment.py`.
+#[test]
+fn export_int8_deployment_for_torch() -> Result<()> {
+    use harness_core::protect::{Deployed, PlainModel};
+    use harness_core::quant::{FakeQuantModel, Int8Model, Qat};
+    use std::sync::Arc;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("int8");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let (store, _) = resnet20(321)?;
+    let spec = ModelSpec::new(Arch::Resnet20, 10);
+    let plain = PlainModel::build(spec.clone(), store)?;
+    let qat = Arc::new(Qat::new());
+    let stages = plain.model.stages().len();
+    for i in 0..3 {
+        let x = (input(&[8, 3, 32, 32], 200 + i, 1.0) + 0.1)?;
+        plain
+            .model
+            .forward_range(0..stages, &x, &Pass::new(false).with_layer_hook(&*qat))?;
+    }
+    let int8 = Int8Model::convert(&FakeQuantModel::new(plain, qat))?;
+    let path = dir.join("resnet20_deployment.safetensors");
+    int8.save(&path)?;
+    let x = input(&[4, 3, 32, 32], 77, 1.0);
+    let back = Int8Model::load(spec, &path)?;
+    let logits = back.logits(&x)?;
+    assert_eq!(values(&logits)?, values(&int8.logits(&x)?)?);
+    let io = HashMap::from([("x".to_string(), x), ("logits".to_string(), logits)]);
+    candle_core::safetensors::save(&io, &dir.join("resnet20_deployment_io.safetensors"))?;
+    println!("wrote {}", dir.display());
+    Ok(())
+}
