@@ -522,7 +522,7 @@ fn export_int8_deployment_for_torch() -> Result<()> {
     let logits = back.logits(&x)?;
     assert_eq!(values(&logits)?, values(&int8.logits(&x)?)?);
     let io = HashMap::from([("x".to_string(), x), ("logits".to_string(), logits)]);
-    candle_core::safetensors::save(&io, &dir.join("resnet20_deployment_io.safetensors"))?;
+    candle_core::safetensors::save(&io, dir.join("resnet20_deployment_io.safetensors"))?;
     println!("wrote {}", dir.display());
     Ok(())
 }
