@@ -76,6 +76,12 @@ fn runs_writes_outputs_and_resumes() {
             .filter(|r| r["metric"] == "owner-accuracy")
             .all(|r| r["timing"] == false)
     );
+    // Entries that differ only by the API's perturbations share one protection (a second one
+    // would have taken its own, different, time).
+    assert_eq!(
+        metric("none", "-", "protect-seconds"),
+        metric("none+top1-label", "-", "protect-seconds")
+    );
     assert!(metric("*", "scratch", "attacker-accuracy").is_some());
     assert_eq!(
         metric("none", "extraction", "queries-used"),
