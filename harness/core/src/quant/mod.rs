@@ -22,6 +22,7 @@ pub mod fake;
 pub mod int8;
 pub mod int8_file;
 pub mod int8_layer;
+mod lanes;
 pub mod observer;
 pub mod qat;
 pub mod qparams;
