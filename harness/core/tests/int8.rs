@@ -507,12 +507,8 @@ fn export_int8_deployment_for_torch() -> Result<()> {
     let spec = ModelSpec::new(Arch::Resnet20, 10);
     let plain = PlainModel::build(spec.clone(), store)?;
     let qat = Arc::new(Qat::new());
-    let stages = plain.model.stages().len();
     for i in 0..3 {
-        let x = (input(&[8, 3, 32, 32], 200 + i, 1.0) + 0.1)?;
-        plain
-            .model
-            .forward_range(0..stages, &x, &Pass::new(false).with_layer_hook(&*qat))?;
+        qat.observe(&plain, &(input(&[8, 3, 32, 32], 200 + i, 1.0) + 0.1)?)?;
     }
     let int8 = Int8Model::convert(&FakeQuantModel::new(plain, qat))?;
     let path = dir.join("resnet20_deployment.safetensors");

@@ -419,11 +419,8 @@ fn bench_int8(
     use harness_core::quant::{FakeQuantModel, Int8Model, Qat};
     let plain = PlainModel::build(spec.clone(), params.clone())?;
     let qat = std::sync::Arc::new(Qat::new());
-    let stages = plain.model.stages().len();
     for _ in 0..4 {
-        let x = inputs.images(32)?;
-        let pass = harness_core::zoo::Pass::new(false).with_layer_hook(&*qat);
-        plain.model.forward_range(0..stages, &x, &pass)?;
+        qat.observe(&plain, &inputs.images(32)?)?;
     }
     let converted = Int8Model::convert(&FakeQuantModel::new(plain.clone(), qat))?;
     // The deployment is benchmarked as shipped: written to its int8 file and read back.

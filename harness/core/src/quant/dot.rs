@@ -59,8 +59,13 @@ impl Kernel {
         }
     }
 
-    /// Every kernel this CPU can run.
-    pub fn available() -> Vec<Kernel> {
+    /// Every kernel this CPU can run (detected once per process: every product checks it).
+    pub fn available() -> &'static [Kernel] {
+        static AVAILABLE: std::sync::OnceLock<Vec<Kernel>> = std::sync::OnceLock::new();
+        AVAILABLE.get_or_init(Kernel::detect)
+    }
+
+    fn detect() -> Vec<Kernel> {
         let mut all = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
@@ -441,7 +446,7 @@ mod tests {
             })
             .sum();
         assert_eq!(want[4 * pixels + 3], by_hand);
-        for kernel in Kernel::available() {
+        for &kernel in Kernel::available() {
             let mut got = vec![0; rows * pixels];
             matmul_with(kernel, &packed, &offsets, pixels, &weights, rows, &mut got);
             assert_eq!(got, want, "{}", kernel.name());
@@ -467,7 +472,7 @@ mod tests {
                     .sum();
             }
         }
-        for kernel in Kernel::available() {
+        for &kernel in Kernel::available() {
             let mut got = vec![0; rows * pixels];
             matmul_with(kernel, &x, &offsets, pixels, &weights, rows, &mut got);
             assert_eq!(got, want, "{}", kernel.name());

@@ -149,20 +149,7 @@ pub(crate) fn record_geometry(model: &PlainModel) -> Result<BTreeMap<String, Rec
             self.0
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(
-                    unit.name.clone(),
-                    (
-                        Geometry {
-                            cin,
-                            cout,
-                            k: 1,
-                            stride: 1,
-                            padding: 0,
-                            groups: 1,
-                        },
-                        None,
-                    ),
-                );
+                .insert(unit.name.clone(), (Geometry::linear(cin, cout), None));
             unit.forward_plain(xs)
         }
     }

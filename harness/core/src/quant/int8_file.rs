@@ -38,13 +38,7 @@ impl Int8Model {
                 .ok_or_else(|| Error::Mismatch(format!("no tensor `{weight}`")))?;
             put_layer(&store, name, l, shape)?;
         }
-        for name in self.float_tensors() {
-            if let (Some(t), Some(kind)) =
-                (self.model.params.get(&name), self.model.params.kind(&name))
-            {
-                store.insert(&name, t.as_tensor(), kind)?;
-            }
-        }
+        copy_tensors(&self.model.params, &store, &self.float_tensors())?;
         Ok(store)
     }
 
@@ -58,42 +52,32 @@ impl Int8Model {
         let model = PlainModel::build(spec, ParamStore::new(0, &Device::Cpu))?;
         let recorded = record_geometry(&model)?;
         let folded = recorded.values().filter_map(|(_, bn)| bn.clone()).collect();
-        let skeleton = Int8Model {
-            model,
-            layers: Default::default(),
-            folded,
-        };
-        // The file's tensors, with placeholders the strict load overwrites.
-        let store = ParamStore::new(0, &Device::Cpu);
-        for (name, (g, _)) in &recorded {
-            let weight = format!("{name}.weight");
-            let shape = skeleton
-                .model
-                .params
-                .get(&weight)
-                .map(|v| v.dims().to_vec())
-                .ok_or_else(|| Error::Mismatch(format!("no tensor `{weight}`")))?;
-            let kk = g.cin / g.groups * g.k * g.k;
-            let placeholder = Int8Layer::new(
-                *g,
-                vec![0; g.cout * kk],
-                vec![1.0; g.cout],
-                QParams {
+        // The architecture with placeholder layers: its store has the file's every tensor, which
+        // the strict load overwrites.
+        let placeholders = recorded
+            .iter()
+            .map(|(name, (g, _))| {
+                let kk = g.cin / g.groups * g.k * g.k;
+                let input = QParams {
                     scale: 1.0,
                     zero_point: 0,
-                },
-                vec![0.0; g.cout],
-            );
-            put_layer(&store, name, &placeholder, shape)?;
-        }
-        for name in skeleton.float_tensors() {
-            if let (Some(t), Some(kind)) = (
-                skeleton.model.params.get(&name),
-                skeleton.model.params.kind(&name),
-            ) {
-                store.insert(&name, t.as_tensor(), kind)?;
-            }
-        }
+                };
+                let zeros = Int8Layer::new(
+                    *g,
+                    vec![0; g.cout * kk],
+                    vec![1.0; g.cout],
+                    input,
+                    vec![0.0; g.cout],
+                );
+                (name.clone(), Arc::new(zeros))
+            })
+            .collect();
+        let skeleton = Int8Model {
+            model,
+            layers: placeholders,
+            folded,
+        };
+        let store = skeleton.to_store()?;
         store.load(path)?;
         let bad = |message: String| Error::BadFile {
             path: path.to_path_buf(),
@@ -146,11 +130,7 @@ impl Int8Model {
             let layer = Int8Layer::new(g, q.values, scale, input, bias);
             layers.insert(name, Arc::new(layer));
         }
-        for name in skeleton.float_tensors() {
-            if let (Some(t), Some(kind)) = (store.get(&name), store.kind(&name)) {
-                skeleton.model.params.insert(&name, t.as_tensor(), kind)?;
-            }
-        }
+        copy_tensors(&store, &skeleton.model.params, &skeleton.float_tensors())?;
         Ok(Int8Model { layers, ..skeleton })
     }
 
@@ -167,6 +147,17 @@ impl Int8Model {
             })
             .collect()
     }
+}
+
+/// Copies tensors `names` (with their kinds) from one store to another; names `from` lacks are
+/// skipped.
+fn copy_tensors(from: &ParamStore, to: &ParamStore, names: &[String]) -> Result<()> {
+    for name in names {
+        if let (Some(t), Some(kind)) = (from.get(name), from.kind(name)) {
+            to.insert(name, t.as_tensor(), kind)?;
+        }
+    }
+    Ok(())
 }
 
 /// Puts layer `name`'s tensors into `store` (see the module docs).
@@ -216,7 +207,6 @@ mod tests {
     use crate::Arch;
     use crate::protect::Deployed;
     use crate::quant::{FakeQuantModel, Qat};
-    use crate::zoo::Pass;
     use safetensors::tensor::TensorView;
 
     /// A ResNet-20 with observers calibrated on random images, converted.
@@ -224,12 +214,9 @@ mod tests {
         let spec = ModelSpec::new(Arch::parse("resnet20")?, 10);
         let plain = PlainModel::build(spec.clone(), ParamStore::new(3, &Device::Cpu))?;
         let qat = Arc::new(Qat::new());
-        let stages = plain.model.stages().len();
         let x = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &Device::Cpu)?;
         for _ in 0..2 {
-            plain
-                .model
-                .forward_range(0..stages, &x, &Pass::new(false).with_layer_hook(&*qat))?;
+            qat.observe(&plain, &x)?;
         }
         Ok((
             spec,

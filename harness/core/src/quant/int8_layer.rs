@@ -56,6 +56,20 @@ pub struct Geometry {
     pub groups: usize,
 }
 
+impl Geometry {
+    /// A linear layer's: a 1x1 convolution of one pixel.
+    pub fn linear(cin: usize, cout: usize) -> Self {
+        Self {
+            cin,
+            cout,
+            k: 1,
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        }
+    }
+}
+
 /// One layer on integers.
 #[derive(Debug, Clone)]
 pub struct Int8Layer {
@@ -613,14 +627,7 @@ mod tests {
     fn a_linear_layer_is_a_one_by_one_convolution() {
         let mut next = lcg(11);
         let (cin, cout, n) = (10, 7, 5);
-        let geometry = Geometry {
-            cin,
-            cout,
-            k: 1,
-            stride: 1,
-            padding: 0,
-            groups: 1,
-        };
+        let geometry = Geometry::linear(cin, cout);
         let values: Vec<i8> = (0..cout * cin)
             .map(|_| (next() % 256) as u8 as i8)
             .collect();

@@ -86,6 +86,16 @@ impl Qat {
             .clone()
     }
 
+    /// Runs `model` on `images` through the quantizers in evaluation mode, so only the
+    /// observers move: a calibration pass without training (what `harness bench` and the int8
+    /// tests convert).
+    pub fn observe(&self, model: &crate::protect::PlainModel, images: &Tensor) -> Result<()> {
+        let stages = model.model.stages().len();
+        let pass = crate::zoo::Pass::new(false).with_layer_hook(self);
+        model.model.forward_range(0..stages, images, &pass)?;
+        Ok(())
+    }
+
     /// Freezes (or resumes) every observer: the ranges and parameters stop moving.
     pub fn freeze_observers(&self, frozen: bool) {
         for q in self.layers().values() {
