@@ -13,7 +13,7 @@ Prints:
    - no accuracy cost: owner accuracy of `divqat-*` minus `qat`;
    - worse substitutes: attacker accuracy against `divqat-*` minus against `qat`, per
      extraction attack;
-   - better when stacked: the same for `divqat-a1+P` minus `qat+P`.
+   - better when stacked: the same for `divqat-*+P` minus `qat+P`.
    A claim "holds" when the interval lies on its side of zero (for "no accuracy cost": when the
    interval lies above -0.01, one point), "fails" when it lies on the other side, and is
    "undecided" otherwise. With one seed there is no interval: every verdict is undecided.
