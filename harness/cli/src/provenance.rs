@@ -23,6 +23,10 @@ pub struct Provenance {
     pub compiled_features: Vec<&'static str>,
     /// Threads available to the compute pool.
     pub threads: usize,
+    /// The CPU kernels' numerics mode (`PROTBENCH_NUMERICS`): `fixed (KERNEL f32 kernel)` gives
+    /// the same bits on every CPU and thread count, `fast (gemm crate)` may not reproduce on
+    /// another machine.
+    pub numerics: String,
     /// Device the run used.
     pub device: String,
     /// Operating system and architecture.
@@ -47,6 +51,7 @@ impl Provenance {
             cpu_model: cpu_model(),
             compiled_features: compiled_features(),
             threads: candle_core::utils::get_num_threads(),
+            numerics: harness_core::nn::cpu::numerics::describe(),
             device: crate::device::describe(device),
             os: format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
         }

@@ -99,11 +99,14 @@ fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) 
 
 /// `x @ weight^T + bias` for `x` of shape ... x in and `weight` out x in.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let wt = weight.t()?;
-    let ys = if x.rank() == 2 {
-        x.matmul(&wt)?
+    // Under fast numerics candle's matmul stays, so that those numbers do not move.
+    let fixed = cpu::numerics::Numerics::selected() == cpu::numerics::Numerics::Fixed;
+    let ys = if fixed && x.rank() == 2 && weight.rank() == 2 && cpu::applies(&[x, weight]) {
+        cpu::linear::linear(x, weight)?
+    } else if x.rank() == 2 {
+        x.matmul(&weight.t()?)?
     } else {
-        x.broadcast_matmul(&wt)?
+        x.broadcast_matmul(&weight.t()?)?
     };
     match bias {
         None => Ok(ys),

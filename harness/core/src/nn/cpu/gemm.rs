@@ -1,8 +1,12 @@
-//! A bounds-checked wrapper over `gemm::gemm` for f32 matrices given by (rows, cols, row stride,
-//! column stride) over slices; the only `unsafe` of the convolution kernels.
+//! A bounds-checked front for f32 matrix products given by (rows, cols, row stride, column
+//! stride) over slices: the fixed-order kernel of [`super::fixed_gemm`] by default, `gemm::gemm`
+//! under `PROTBENCH_NUMERICS=fast` ([`super::numerics`]).
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
+
+use super::fixed_gemm;
+use super::numerics::Numerics;
 
 /// A read-only strided matrix view.
 #[derive(Clone, Copy)]
@@ -193,6 +197,21 @@ unsafe fn product(
         return;
     }
     debug_assert!(k > 0);
+    if Numerics::selected() == Numerics::Fixed {
+        // SAFETY: as for gemm below (the same checks, the same contract).
+        unsafe {
+            fixed_gemm::product(
+                dst,
+                dst_rs,
+                a,
+                b,
+                accumulate,
+                threads,
+                fixed_gemm::Path::selected(),
+            )
+        };
+        return;
+    }
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
