@@ -118,6 +118,34 @@ fn runs_writes_outputs_and_resumes() {
         std::fs::read_to_string(run.join("records.jsonl")).unwrap(),
         jsonl
     );
+    // Each sitting's provenance is kept, and a run is not continued under other numerics.
+    let run_json = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap()
+    };
+    let mut meta = run_json();
+    let sittings = meta["sittings"].as_array().unwrap();
+    assert_eq!(sittings.len(), 2, "{meta}");
+    assert_eq!(sittings[1], meta["provenance"]);
+    let mode = meta["provenance"]["numerics"].as_str().unwrap().to_string();
+    let other = if mode.starts_with("fixed") {
+        "fast (gemm crate)"
+    } else {
+        "fixed (avx2 f32 kernel)"
+    };
+    meta["sittings"][0]["numerics"] = other.into();
+    let edited = serde_json::to_string(&meta).unwrap();
+    std::fs::write(run.join("run.json"), &edited).unwrap();
+    let out = harness(&["run", "--matrix", "m.toml", "--quiet"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("PROTBENCH_NUMERICS="),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("run.json")).unwrap(),
+        edited
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ mod error;
 
 pub mod eval;
 pub mod eval_denoise;
+mod kernel_choice;
 pub mod latency;
 pub mod nn;
 pub mod params;

@@ -7,6 +7,7 @@ use serde_json::json;
 use crate::cli::CompareArgs;
 use crate::matrix::compare::{Tolerances, compare, config_hashes, load_records, table};
 use crate::matrix::exact::{exact, table as exact_table};
+use crate::matrix::machines;
 
 /// Runs the command.
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
@@ -27,6 +28,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             show(&hn),
             args.new.display()
         );
+    }
+    for line in machines::differences(&args.base, &args.new) {
+        eprintln!("note: the runs differ in {line}");
     }
     if args.exact {
         return run_exact(&args, &base, &new);
@@ -99,6 +103,13 @@ fn run_exact(
         );
     }
     if !out.rows.is_empty() {
+        if machines::may_differ_without_a_change(&args.base, &args.new) {
+            eprintln!(
+                "note: one of the runs was made under fast numerics, or the two under different \
+                 modes (see the notes above): their values may differ with no change of code. \
+                 Runs under fixed numerics (the default) reproduce across CPUs and thread counts"
+            );
+        }
         anyhow::bail!(
             "{} of {} values differ: the runs are not identical",
             out.rows.len(),

@@ -54,6 +54,63 @@ fn refuse_foreign_results(dir: &std::path::Path, config_hash: &str) -> anyhow::R
     }
 }
 
+/// The numerics mode a provenance object names (`fixed (avx2 f32 kernel)` -> `fixed`). Runs
+/// recorded before the field existed were all made under `fast`.
+fn numerics_mode(provenance: &serde_json::Value) -> String {
+    provenance
+        .get("numerics")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("fast")
+        .to_string()
+}
+
+/// Every sitting of a resumed run, this one last: a table finished over several sittings, on
+/// different machines, keeps the provenance of each (`run.json` used to keep only the last).
+/// A run started under one numerics mode is not continued under the other: its cells would be
+/// made by two kinds of arithmetic, and under `fast` a change of CPU is warned about, since the
+/// two parts may not agree the way two fixed-numerics machines do.
+fn sittings(dir: &std::path::Path, now: &Provenance) -> anyhow::Result<Vec<serde_json::Value>> {
+    let now = serde_json::to_value(now)?;
+    let run_json = dir.join("run.json");
+    let mut all = Vec::new();
+    if run_json.exists() {
+        let text = std::fs::read_to_string(&run_json)
+            .with_context(|| format!("failed to read {}", run_json.display()))?;
+        let old: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", run_json.display()))?;
+        match (
+            old.get("sittings").and_then(|v| v.as_array()),
+            old.get("provenance"),
+        ) {
+            (Some(list), _) => all.extend(list.iter().cloned()),
+            (None, Some(p)) => all.push(p.clone()),
+            (None, None) => {}
+        }
+    }
+    if let Some(first) = all.first() {
+        let (was, is) = (numerics_mode(first), numerics_mode(&now));
+        if was != is {
+            bail!(UsageError(format!(
+                "{} was started under {was} numerics and this process runs {is}; its cells                  would mix two kinds of arithmetic, so nothing was written. Continue it with                  PROTBENCH_NUMERICS={was}, or use another --results folder",
+                dir.display()
+            )));
+        }
+        if is == "fast"
+            && all
+                .iter()
+                .any(|p| p.get("cpu_model") != now.get("cpu_model"))
+        {
+            eprintln!(
+                "warning: {} was started on another CPU under fast numerics; its cells may not                  agree with the ones run here (fixed numerics, the default, do)",
+                dir.display()
+            );
+        }
+    }
+    all.push(now);
+    Ok(all)
+}
+
 /// Runs the command with every defence and attack of the workspace.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     run_with(args, &defences::registry(), &attacks::registry())
@@ -97,6 +154,8 @@ pub fn run_with(
     std::fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
     let _lock = crate::lock::lock_folder(&dir, "run this matrix")?;
     refuse_foreign_results(&dir, &config_hash)?;
+    let provenance = Provenance::collect(&device);
+    let sittings = sittings(&dir, &provenance)?;
     let run_json = json!({
         "run_id": run_id,
         "matrix_file": args.matrix,
@@ -107,7 +166,8 @@ pub fn run_with(
         "matrix": matrix,
         "cells": plan.cells.len(),
         "shard_cells": mine,
-        "provenance": Provenance::collect(&device),
+        "provenance": provenance,
+        "sittings": sittings,
     });
     let run_json_text = serde_json::to_string_pretty(&run_json)?;
     harness_core::atomic_file::write_atomically(&dir.join("run.json"), run_json_text.as_bytes())?;

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod config;
 pub mod exact;
 pub mod html;
+pub mod machines;
 pub mod measure;
 pub mod plan;
 pub mod records;

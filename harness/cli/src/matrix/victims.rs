@@ -268,6 +268,8 @@ fn victim_key(
         "attacker": d.attacker,
         "seed": seed,
         "device": crate::device::describe(&s.device),
+        // Fixed and fast numerics train different weights from the same recipe.
+        "numerics": harness_core::nn::cpu::numerics::Numerics::selected().name(),
     });
     if let Task::Denoising { sigma } = task {
         value["objective"] = serde_json::json!(objective.id());

@@ -90,27 +90,13 @@ impl Kernel {
     pub fn selected() -> Kernel {
         static SELECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *SELECTED.get_or_init(|| {
-            let available = Kernel::available();
-            let fastest = available.iter().copied().max().unwrap_or(Kernel::Portable);
-            match std::env::var("PROTBENCH_INT8_KERNEL") {
-                Ok(want) => match available.iter().find(|k| k.name() == want) {
-                    Some(k) => *k,
-                    None => {
-                        eprintln!(
-                            "warning: PROTBENCH_INT8_KERNEL={want} is not one of this CPU's int8 \
-                             kernels ({}); using {}",
-                            available
-                                .iter()
-                                .map(|k| k.name())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            fastest.name()
-                        );
-                        fastest
-                    }
-                },
-                Err(_) => fastest,
-            }
+            crate::kernel_choice::from_env(
+                "PROTBENCH_INT8_KERNEL",
+                "int8",
+                Kernel::available(),
+                Kernel::name,
+            )
+            .unwrap_or(Kernel::Portable)
         })
     }
 }

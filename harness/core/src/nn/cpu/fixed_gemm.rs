@@ -87,27 +87,13 @@ impl Path {
         }
         static SELECTED: OnceLock<Path> = OnceLock::new();
         *SELECTED.get_or_init(|| {
-            let available = Path::available();
-            let fastest = available.iter().copied().max().unwrap_or(Path::Portable);
-            match std::env::var("PROTBENCH_F32_KERNEL") {
-                Ok(want) => match available.iter().find(|p| p.name() == want) {
-                    Some(p) => *p,
-                    None => {
-                        eprintln!(
-                            "warning: PROTBENCH_F32_KERNEL={want} is not one of this CPU's f32 \
-                             kernels ({}); using {}",
-                            available
-                                .iter()
-                                .map(|p| p.name())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            fastest.name()
-                        );
-                        fastest
-                    }
-                },
-                Err(_) => fastest,
-            }
+            crate::kernel_choice::from_env(
+                "PROTBENCH_F32_KERNEL",
+                "f32",
+                Path::available(),
+                Path::name,
+            )
+            .unwrap_or(Path::Portable)
         })
     }
 

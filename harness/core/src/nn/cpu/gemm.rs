@@ -1,6 +1,6 @@
 //! A bounds-checked front for f32 matrix products given by (rows, cols, row stride, column
-//! stride) over slices: `gemm::gemm` under the default fast numerics, the fixed-order kernel of
-//! [`super::fixed_gemm`] under `PROTBENCH_NUMERICS=fixed` ([`super::numerics`]).
+//! stride) over slices: the fixed-order kernel of [`super::fixed_gemm`] under the default fixed
+//! numerics, `gemm::gemm` under `PROTBENCH_NUMERICS=fast` ([`super::numerics`]).
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;

@@ -4,9 +4,10 @@
 //! the mode with its results, since numbers made under `fast` may not reproduce on another
 //! machine.
 //!
-//! `fast` is still the default: `fixed` costs 10-15% of training and inference speed on the
-//! reference nets so far (the goal is 5%), and switching changes every committed baseline, so
-//! the default flips together with a regenerated baseline, once the products are fast enough.
+//! `fixed` is the default: a benchmark whose numbers move when only the machine moved cannot
+//! gate anything, and a claim table that spans several sittings on different CPUs must still be
+//! one table. `fast` (`PROTBENCH_NUMERICS=fast`) stays for speed at the cost of that guarantee;
+//! what it costs is measured in `results/summaries/engine-speed.md`.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -37,7 +38,7 @@ impl Numerics {
 
     /// The mode of this process: [`Numerics::force`]'s if called, else `PROTBENCH_NUMERICS`
     /// (`fixed` or `fast`; read once, an unknown value is warned about), else
-    /// [`Numerics::Fast`].
+    /// [`Numerics::Fixed`].
     pub fn selected() -> Numerics {
         match FORCED.load(Ordering::Relaxed) {
             1 => return Numerics::Fixed,
@@ -46,13 +47,13 @@ impl Numerics {
         }
         static SELECTED: OnceLock<Numerics> = OnceLock::new();
         *SELECTED.get_or_init(|| match std::env::var("PROTBENCH_NUMERICS").as_deref() {
-            Ok("fixed") => Numerics::Fixed,
-            Ok("fast") | Err(_) => Numerics::Fast,
+            Ok("fixed") | Err(_) => Numerics::Fixed,
+            Ok("fast") => Numerics::Fast,
             Ok(other) => {
                 eprintln!(
-                    "warning: PROTBENCH_NUMERICS={other} is neither fixed nor fast; using fast"
+                    "warning: PROTBENCH_NUMERICS={other} is neither fixed nor fast; using fixed"
                 );
-                Numerics::Fast
+                Numerics::Fixed
             }
         })
     }
