@@ -17,6 +17,9 @@
 #                `cargo build --release -p harness`)
 #   OUT_DIR      where the raw JSON of every run goes (default: a temporary folder, kept)
 #   HARNESS_ARGS extra arguments for `harness bench` (e.g. --stock)
+#   NUMERICS     the harness's numerics modes to time, each beside the same torch rounds
+#                (default "fixed fast": the default, reproducible mode and the fast one, so the
+#                table gives the cost of reproducibility; PROTBENCH_NUMERICS of each run)
 #   PRECISION    f32 (default), or int8: PyTorch's own int8 model (ci/bench/torch_int8.py: the
 #                same net after FX QAT with the x86 recipe, converted to its x86 quantized
 #                backend) beside `harness bench --precision int8`, each side's int8 throughput at
@@ -33,6 +36,7 @@ SHARED_DIR="${SHARED_DIR:-$ROOT/../shared}"
 HARNESS="${HARNESS:-$ROOT/target/release/harness}"
 HARNESS_ARGS="${HARNESS_ARGS:-}"
 PRECISION="${PRECISION:-f32}"
+NUMERICS="${NUMERICS:-fixed fast}"
 REFERENCE="$SHARED_DIR/bench/torch_reference.py"
 
 if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
@@ -43,6 +47,12 @@ if [[ "$PRECISION" != f32 && "$PRECISION" != int8 ]]; then
     echo "PRECISION must be f32 or int8, got '$PRECISION'" >&2
     exit 2
 fi
+for mode in $NUMERICS; do
+    if [[ "$mode" != fixed && "$mode" != fast ]]; then
+        echo "NUMERICS must list fixed and/or fast, got '$NUMERICS'" >&2
+        exit 2
+    fi
+done
 if [[ "$PRECISION" == int8 ]]; then
     HARNESS_ARGS="$HARNESS_ARGS --precision int8"
 fi
@@ -90,9 +100,9 @@ with open(out, "w") as f:
 PY
 }
 
-harness_one() { # model out.json
+harness_one() { # model out.json numerics
     # shellcheck disable=SC2086
-    RAYON_NUM_THREADS="$THREADS" "$HARNESS" bench --model "$1" --json $HARNESS_ARGS \
+    PROTBENCH_NUMERICS="$3" RAYON_NUM_THREADS="$THREADS" "$HARNESS" bench --model "$1" --json $HARNESS_ARGS \
         >"$2.log" 2>"$2.err" || { echo "harness bench --model $1 failed:" >&2; cat "$2.err" >&2; exit 1; }
     tail -n 1 "$2.log" >"$2"
 }
@@ -101,17 +111,22 @@ echo "comparing on $(nproc) cores, $THREADS threads, $ROUNDS round(s); raw JSON 
 for ((r = 1; r <= ROUNDS; r++)); do
     echo "round $r/$ROUNDS: torch resnet20" >&2
     torch_one resnet20 ResNet20 "$OUT_DIR/torch-resnet20-$r.json"
-    echo "round $r/$ROUNDS: harness resnet20" >&2
-    harness_one resnet20 "$OUT_DIR/harness-resnet20-$r.json"
+    for mode in $NUMERICS; do
+        echo "round $r/$ROUNDS: harness ($mode numerics) resnet20" >&2
+        harness_one resnet20 "$OUT_DIR/harness-$mode-resnet20-$r.json" "$mode"
+    done
     echo "round $r/$ROUNDS: torch vgg-small" >&2
     torch_one vgg_small VGGSmall "$OUT_DIR/torch-vgg-small-$r.json"
-    echo "round $r/$ROUNDS: harness vgg-small" >&2
-    harness_one vgg-small "$OUT_DIR/harness-vgg-small-$r.json"
+    for mode in $NUMERICS; do
+        echo "round $r/$ROUNDS: harness ($mode numerics) vgg-small" >&2
+        harness_one vgg-small "$OUT_DIR/harness-$mode-vgg-small-$r.json" "$mode"
+    done
 done
 
-python3 - "$OUT_DIR" "$ROUNDS" "$PRECISION" <<'PY'
+python3 - "$OUT_DIR" "$ROUNDS" "$PRECISION" "$NUMERICS" <<'PY'
 import json, statistics, sys
 out_dir, rounds, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+modes = sys.argv[4].split()
 
 def load(side, net):
     return [json.load(open(f"{out_dir}/{side}-{net}-{r}.json")) for r in range(1, rounds + 1)]
@@ -148,10 +163,11 @@ def mmm(xs, fmt):
     return "/".join(fmt.format(v) for v in (min(xs), statistics.median(xs), max(xs)))
 
 first_t = load("torch", "resnet20")[0]
-first_h = load("harness", "resnet20")[0]
+first_h = load(f"harness-{modes[0]}", "resnet20")[0]
 prov = first_h.get("provenance", {})
 print(f"torch {first_t.get('torch')} ({first_t.get('threads')} threads) vs harness "
       f"{prov.get('harness_version')} {prov.get('git')} ({first_h.get('threads')} threads, "
+      f"numerics {', '.join(modes)}, "
       f"{first_h.get('kernels')} kernels, int8 kernel {first_h.get('int8_kernel')}"
       + (f"; torch int8 engine {first_t.get('engine')}, oneDNN ISA cap "
          f"{first_t.get('onednn_max_cpu_isa')}" if precision == "int8" else "")
@@ -159,18 +175,37 @@ print(f"torch {first_t.get('torch')} ({first_t.get('threads')} threads) vs harne
       f"{rounds} round(s), min/median/max of per-round medians")
 rows = []
 for net in ("resnet20", "vgg-small"):
-    ts, hs = load("torch", net), load("harness", net)
+    ts = load("torch", net)
+    hs = {m: load(f"harness-{m}", net) for m in modes}
     for label, tget, hget, direction, fmt in METRICS:
         tv = [tget(t) for t in ts]
-        hv = [hget(h) for h in hs]
-        tm, hm = statistics.median(tv), statistics.median(hv)
-        if direction == "h/t":
-            ratio = hm / tm if tm else float("nan")
-        else:
-            ratio = tm / hm if hm else float("nan")
-        rows.append((net, label, mmm(tv, fmt), mmm(hv, fmt), f"{ratio:.2f} ({direction})"))
+        tm = statistics.median(tv)
+        row = [net, label, mmm(tv, fmt)]
+        medians = {}
+        for m in modes:
+            hv = [hget(h) for h in hs[m]]
+            medians[m] = statistics.median(hv)
+            row.append(mmm(hv, fmt))
+        for m in modes:
+            hm = medians[m]
+            if direction == "h/t":
+                ratio = hm / tm if tm else float("nan")
+            else:
+                ratio = tm / hm if hm else float("nan")
+            row.append(f"{ratio:.2f} ({direction})")
+        if "fixed" in medians and "fast" in medians:
+            # The cost of reproducibility, in the direction where >1 means fixed is better.
+            fx, fs = medians["fixed"], medians["fast"]
+            better = fx / fs if direction == "h/t" else fs / fx
+            row.append(f"{better:.2f}")
+        rows.append(tuple(row))
 
-head = ("net", "measurement", "torch min/med/max", "harness min/med/max", "ratio")
+head = ["net", "measurement", "torch min/med/max"]
+head += [f"harness {m} min/med/max" for m in modes]
+head += [f"ratio {m}" for m in modes]
+if "fixed" in modes and "fast" in modes:
+    head.append("fixed vs fast")
+head = tuple(head)
 widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
 line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
 print(line(head))
@@ -178,5 +213,6 @@ print("  ".join("-" * w for w in widths))
 for r in rows:
     print(line(r))
 print("ratios: h/t = harness/torch (throughput: >1 we are faster; memory: >1 we use more); "
-      "t/h = torch/harness (latency: >1 we are faster)")
+      "t/h = torch/harness (latency: >1 we are faster); fixed vs fast: fixed's throughput "
+      "(or inverse latency, or memory) over fast's, <1 = what reproducibility costs")
 PY

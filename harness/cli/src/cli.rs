@@ -293,6 +293,17 @@ pub struct CompareArgs {
     /// for the rest.
     #[arg(long, value_name = "METRIC=VALUE", conflicts_with = "exact")]
     pub tolerance: Vec<String>,
+    /// Where BASE holds two or more seeds of a metric, their spread replaces the default
+    /// tolerance: NEW's mean regresses only beyond BASE's one-sided Student-t bound at this
+    /// confidence (and by at least 0.01 for accuracy, fidelity and gain, 10% for the rest).
+    /// Explicit --tolerance values stay hard bounds. Timings keep their tolerance.
+    #[arg(
+        long,
+        default_value_t = 0.95,
+        value_name = "P",
+        conflicts_with = "exact"
+    )]
+    pub confidence: f64,
     /// Exact mode: every non-timing value of every cell and seed must be bit-identical in the two
     /// runs, moves in either direction and cells present in one run only are reported, and the
     /// command exits 1 if anything differs. For "this change alters no result" and "this machine

@@ -11,7 +11,7 @@ use crate::matrix::machines;
 
 /// Runs the command.
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
-    let tolerances = Tolerances::parse(&args.tolerance)?;
+    let tolerances = Tolerances::parse(&args.tolerance)?.with_confidence(args.confidence)?;
     let base = load_records(&args.base)?;
     let new = load_records(&args.new)?;
     let (hb, hn) = (config_hashes(&base), config_hashes(&new));

@@ -21,6 +21,13 @@
 //! less than their noise floor ([`noise_floor`]: 0.5 s for stage times, 0.25 ms for latencies,
 //! 0.1 for paired latency ratios).
 //!
+//! **Seed spread.** When BASE holds two or more seeds of a (non-timing) key, the tolerance gives
+//! way to the baseline's own noise: the key regresses only when NEW's mean lies beyond the
+//! one-sided Student-t bound of BASE's seeds at `--confidence` (default 95%), and by more than a
+//! minimum effect ([`seed_spread`]). An explicit `--tolerance` (by name, `*=` or `timing=`) stays
+//! a hard bound on top: a move beyond it regresses whatever the spread allows. Timings keep the
+//! tolerance rule (their noise is the machine's load, not the seed).
+//!
 //! A key present only in BASE is reported as `missing` and counts as a regression (a cell that
 //! disappeared or failed); a key present only in NEW is reported as `new` and does not.
 
@@ -36,6 +43,7 @@ use tabled::settings::Style;
 
 use super::records::{Record, latest, read_jsonl};
 use super::report;
+use super::seed_spread;
 use crate::exit::UsageError;
 
 /// Metrics that [`report::derive`] computes from measured rows; they are never measured. The
@@ -137,8 +145,9 @@ pub fn default_tolerance(metric: &str) -> Tolerance {
     }
 }
 
-/// Tolerances from the command line on top of the defaults.
-#[derive(Debug, Clone, Default)]
+/// Tolerances from the command line on top of the defaults, and the confidence of the
+/// seed-spread rule.
+#[derive(Debug, Clone)]
 pub struct Tolerances {
     /// Per-metric overrides.
     pub overrides: BTreeMap<String, Tolerance>,
@@ -147,6 +156,19 @@ pub struct Tolerances {
     /// `timing=VALUE`: every timing metric not named (rows marked `timing`, see
     /// [`Record::is_timing`]).
     pub timing: Option<Tolerance>,
+    /// One-sided confidence of the seed-spread rule (`--confidence`).
+    pub confidence: f64,
+}
+
+impl Default for Tolerances {
+    fn default() -> Self {
+        Tolerances {
+            overrides: BTreeMap::new(),
+            default: None,
+            timing: None,
+            confidence: seed_spread::DEFAULT_CONFIDENCE,
+        }
+    }
 }
 
 /// The smallest move of a timing metric that can be told from timer and scheduler noise: 0.5 s
@@ -207,12 +229,30 @@ impl Tolerances {
 
     /// The tolerance that applies to a metric (`timing`: whether its rows are timings).
     pub fn for_metric(&self, metric: &str, timing: bool) -> Tolerance {
+        self.explicit(metric, timing)
+            .unwrap_or_else(|| default_tolerance(metric))
+    }
+
+    /// The tolerance the command line set for a metric, if any: a hard bound even where the
+    /// seed-spread rule applies.
+    pub fn explicit(&self, metric: &str, timing: bool) -> Option<Tolerance> {
         self.overrides
             .get(metric)
             .copied()
             .or(self.timing.filter(|_| timing))
             .or(self.default)
-            .unwrap_or_else(|| default_tolerance(metric))
+    }
+
+    /// Sets the seed-spread rule's confidence; outside (0.5, 1) is a usage error.
+    pub fn with_confidence(mut self, confidence: f64) -> Result<Self, UsageError> {
+        if !(confidence > 0.5 && confidence < 1.0) {
+            return Err(UsageError(format!(
+                "--confidence {confidence}: give a one-sided confidence between 0.5 and 1, e.g. \
+                 0.95 (the default) or 0.99 (fewer false alarms, larger effects missed)"
+            )));
+        }
+        self.confidence = confidence;
+        Ok(self)
     }
 
     /// One line describing the tolerances in force, for the output header.
@@ -228,6 +268,11 @@ impl Tolerances {
         if let Some(t) = self.timing {
             s.push_str(&format!("; timing metrics {t}"));
         }
+        s.push_str(&format!(
+            "; keys with 2+ base seeds: their spread at {}% one-sided (at least 0.01 for \
+             accuracy, fidelity and gain, 10% for the rest), explicit tolerances as hard bounds",
+            self.confidence * 100.0
+        ));
         if !self.overrides.is_empty() {
             let o: Vec<String> = self
                 .overrides
@@ -243,11 +288,15 @@ impl Tolerances {
 /// A comparison key: dataset, model, defence, attack, metric.
 pub type Key = (String, String, String, String, String);
 
-/// The mean over seeds of one key's `ok` values.
+/// The mean over seeds of one key's `ok` values, and their spread.
 #[derive(Debug, Clone, Copy)]
 pub struct Aggregate {
     /// Mean over seeds.
     pub mean: f64,
+    /// Sample standard deviation over seeds (NaN for one seed).
+    pub sd: f64,
+    /// Seeds (rows) averaged.
+    pub seeds: usize,
     /// Whether a larger value is better for the owner.
     pub higher_is_better: bool,
     /// Whether the metric is a timing.
@@ -264,9 +313,9 @@ pub fn aggregate(records: &[Record]) -> BTreeMap<Key, Aggregate> {
         .collect();
     let derived = report::derive(&measured);
     measured.extend(derived);
-    let mut sums: BTreeMap<Key, (f64, usize, bool, bool)> = BTreeMap::new();
+    let mut values: BTreeMap<Key, (Vec<f64>, bool, bool)> = BTreeMap::new();
     for r in measured.iter().filter(|r| r.status == "ok") {
-        let e = sums
+        values
             .entry((
                 r.dataset.clone(),
                 r.model.clone(),
@@ -274,16 +323,19 @@ pub fn aggregate(records: &[Record]) -> BTreeMap<Key, Aggregate> {
                 r.attack.clone(),
                 r.metric.clone(),
             ))
-            .or_insert((0.0, 0, r.higher_is_better, r.is_timing()));
-        e.0 += r.value;
-        e.1 += 1;
+            .or_insert((Vec::new(), r.higher_is_better, r.is_timing()))
+            .0
+            .push(r.value);
     }
-    sums.into_iter()
-        .map(|(k, (sum, n, hib, timing))| {
+    values
+        .into_iter()
+        .map(|(k, (v, hib, timing))| {
             (
                 k,
                 Aggregate {
-                    mean: sum / n as f64,
+                    mean: v.iter().sum::<f64>() / v.len() as f64,
+                    sd: seed_spread::sample_sd(&v),
+                    seeds: v.len(),
                     higher_is_better: hib,
                     timing,
                 },
@@ -343,10 +395,15 @@ pub struct Row {
     pub new: Option<f64>,
     /// `new - base`.
     pub delta: Option<f64>,
-    /// The tolerance rule that applied (`0.02` absolute or `25%` of the base).
+    /// The rule that applied: a tolerance (`0.02` absolute or `25%` of the base), or the seed
+    /// spread (`3 seeds at 95%`, with `+ hard 0.05` when an explicit tolerance also bounds it).
     pub tolerance: String,
     /// The allowed wrong-direction move for this key's base value.
     pub allowed: Option<f64>,
+    /// Seeds behind BASE's mean.
+    pub base_seeds: usize,
+    /// BASE's standard deviation over seeds (absent for one seed).
+    pub base_sd: Option<f64>,
     /// Whether a larger value is better for the owner.
     pub higher_is_better: bool,
     /// The outcome.
@@ -379,6 +436,30 @@ pub fn compare(base: &[Record], new: &[Record], tolerances: &Tolerances) -> Vec<
             let tol = tolerances.for_metric(&k.4, timing);
             let floor = noise_floor(&k.4, timing);
             let higher_is_better = bv.or(nv).is_some_and(|a| a.higher_is_better);
+            // The seed-spread rule where BASE has the seeds, the tolerance elsewhere; an
+            // explicit tolerance bounds either.
+            let spread = match (bv, nv) {
+                (Some(b), Some(n)) if !timing => seed_spread::allowed(
+                    &k.4,
+                    b.mean,
+                    b.sd,
+                    b.seeds,
+                    n.seeds,
+                    tolerances.confidence,
+                ),
+                _ => None,
+            };
+            let hard = tolerances.explicit(&k.4, timing);
+            let (rule, allowed) = match (spread, bv) {
+                (Some(s), Some(b)) => {
+                    let rule = format!("{} seeds at {}%", b.seeds, tolerances.confidence * 100.0);
+                    match hard {
+                        Some(h) => (format!("{rule} + hard {h}"), Some(s.min(h.allowed(b.mean)))),
+                        None => (rule, Some(s)),
+                    }
+                }
+                _ => (tol.to_string(), bv.map(|a| tol.allowed(a.mean).max(floor))),
+            };
             let mut row = Row {
                 dataset: k.0.clone(),
                 model: k.1.clone(),
@@ -388,8 +469,10 @@ pub fn compare(base: &[Record], new: &[Record], tolerances: &Tolerances) -> Vec<
                 base: bv.map(|a| a.mean),
                 new: nv.map(|a| a.mean),
                 delta: None,
-                tolerance: tol.to_string(),
-                allowed: bv.map(|a| tol.allowed(a.mean).max(floor)),
+                tolerance: rule,
+                allowed,
+                base_seeds: bv.map_or(0, |a| a.seeds),
+                base_sd: bv.map(|a| a.sd).filter(|s| s.is_finite()),
                 higher_is_better,
                 verdict: Verdict::Ok,
             };
@@ -400,9 +483,9 @@ pub fn compare(base: &[Record], new: &[Record], tolerances: &Tolerances) -> Vec<
                     let delta = nv.mean - bv.mean;
                     row.delta = Some(delta);
                     let wrong = if higher_is_better { -delta } else { delta };
-                    let allowed = tol.allowed(bv.mean).max(floor);
                     let both_nan = bv.mean.is_nan() && nv.mean.is_nan();
-                    if (delta.is_nan() && !both_nan) || wrong > allowed + 1e-12 {
+                    let limit = allowed.unwrap_or(0.0);
+                    if (delta.is_nan() && !both_nan) || wrong > limit + 1e-12 {
                         Verdict::Regressed
                     } else {
                         Verdict::Ok
@@ -430,10 +513,21 @@ fn num(v: Option<f64>) -> String {
 /// The comparison as a terminal table.
 pub fn table(rows: &[Row]) -> String {
     let mut b = Builder::default();
-    b.push_record(["key", "base", "new", "delta", "tolerance", "verdict"]);
+    b.push_record(["key", "base", "new", "delta", "allowed (rule)", "verdict"]);
     for r in rows {
-        let tol = match r.allowed {
-            Some(a) if r.tolerance.ends_with('%') => format!("{} ({})", r.tolerance, num(Some(a))),
+        // The interval NEW's mean may lie in, beside the rule that drew it.
+        let tol = match (r.allowed, r.base) {
+            (Some(a), Some(base)) if r.base_seeds >= 2 || r.tolerance.ends_with('%') => {
+                let bound = if r.higher_is_better {
+                    format!(">= {}", num(Some(base - a)))
+                } else {
+                    format!("<= {}", num(Some(base + a)))
+                };
+                let sd = r
+                    .base_sd
+                    .map_or(String::new(), |s| format!(", sd {}", num(Some(s))));
+                format!("{bound} ({}{sd})", r.tolerance)
+            }
             _ => r.tolerance.clone(),
         };
         let delta = match r.delta {
@@ -554,6 +648,73 @@ mod tests {
         let faster = vec![rec("latency-ms-p50", 1.0, false, 0)];
         let rows = compare(&base[2..3], &faster, &Tolerances::default());
         assert_eq!(rows[0].verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn a_baseline_with_seeds_is_judged_by_its_spread() {
+        // BASE: three seeds, mean 0.82, sd 0.02; one new seed. The bound is
+        // t(95%, 2 df) * 0.02 * sqrt(1/3 + 1) = 0.0674: a drop of 0.05, which the default
+        // tolerance (0.02) would flag, is within this benchmark's seed noise; 0.08 is not.
+        let base: Vec<Record> = [0.80, 0.82, 0.84]
+            .iter()
+            .enumerate()
+            .map(|(s, v)| rec("owner-accuracy", *v, true, s as u64))
+            .collect();
+        let verdict = |v: f64, t: &Tolerances| {
+            let rows = compare(&base, &[rec("owner-accuracy", v, true, 0)], t);
+            (
+                rows[0].verdict,
+                rows[0].allowed.unwrap(),
+                rows[0].tolerance.clone(),
+            )
+        };
+        let (ok, allowed, rule) = verdict(0.77, &Tolerances::default());
+        assert_eq!(ok, Verdict::Ok);
+        assert!((allowed - 0.0674).abs() < 1e-4, "{allowed}");
+        assert_eq!(rule, "3 seeds at 95%");
+        assert_eq!(verdict(0.74, &Tolerances::default()).0, Verdict::Regressed);
+        // Better is never a regression.
+        assert_eq!(verdict(0.95, &Tolerances::default()).0, Verdict::Ok);
+        // An explicit tolerance is a hard bound under the spread.
+        let hard = Tolerances::parse(&["owner-accuracy=0.03".into()]).unwrap();
+        let (v, allowed, rule) = verdict(0.77, &hard);
+        assert_eq!((v, allowed), (Verdict::Regressed, 0.03));
+        assert_eq!(rule, "3 seeds at 95% + hard 0.03");
+        // A higher confidence widens the bound.
+        let strict = Tolerances::default().with_confidence(0.99).unwrap();
+        assert!(verdict(0.74, &strict).1 > allowed);
+        assert!(Tolerances::default().with_confidence(1.0).is_err());
+        assert!(Tolerances::default().with_confidence(0.3).is_err());
+        // Seeds that agree: only the minimum effect (0.01) is allowed.
+        let flat: Vec<Record> = (0..3)
+            .map(|s| rec("owner-accuracy", 0.5, true, s))
+            .collect();
+        let v = |x: f64| {
+            compare(
+                &flat,
+                &[rec("owner-accuracy", x, true, 0)],
+                &Tolerances::default(),
+            )[0]
+            .verdict
+        };
+        assert_eq!(v(0.495), Verdict::Ok);
+        assert_eq!(v(0.48), Verdict::Regressed);
+        // Timings keep their tolerance, whatever the seeds.
+        let lat: Vec<Record> = [10.0, 30.0]
+            .iter()
+            .enumerate()
+            .map(|(s, x)| rec("latency-ms-p50", *x, false, s as u64))
+            .collect();
+        let rows = compare(
+            &lat,
+            &[rec("latency-ms-p50", 30.0, false, 0)],
+            &Tolerances::default(),
+        );
+        assert_eq!(
+            rows[0].verdict,
+            Verdict::Regressed,
+            "20 -> 30 ms is +50% > 25%"
+        );
     }
 
     #[test]

@@ -11,5 +11,6 @@ pub mod plan;
 pub mod records;
 pub mod report;
 pub mod run;
+pub mod seed_spread;
 pub mod sinks;
 pub mod victims;
