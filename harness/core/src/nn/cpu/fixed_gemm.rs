@@ -32,6 +32,8 @@ use super::gemm::Mat;
 const KC: usize = 256;
 /// Columns of the destination per task (a multiple of every tile's `nr`).
 const NC: usize = 512;
+/// A multiple of every tile's `nr`: the narrowest column block a task may get.
+const NR_MULTIPLE: usize = 32;
 /// Rows of the destination per task (a multiple of every tile's `mr`).
 const MC: usize = 96;
 
@@ -145,12 +147,23 @@ pub(crate) unsafe fn product(
     if m == 0 || n == 0 {
         return;
     }
-    let (row_blocks, col_blocks) = (m.div_ceil(MC), n.div_ceil(NC));
+    // A product too small for one task per thread (a batch-1 convolution: 64 channels of 64
+    // pixels) gets narrower column blocks, so that every thread has one; any split gives the
+    // same bits, each value being its own chain.
+    let row_blocks = m.div_ceil(MC);
+    let nc = if threads > 1 && row_blocks * n.div_ceil(NC) < threads {
+        n.div_ceil(threads.div_ceil(row_blocks))
+            .next_multiple_of(NR_MULTIPLE)
+            .clamp(NR_MULTIPLE, NC)
+    } else {
+        NC
+    };
+    let col_blocks = n.div_ceil(nc);
     let dst = Dst(dst);
     let task = |t: usize| {
         let (rb, cb) = (t / col_blocks, t % col_blocks);
         let rows = rb * MC..((rb + 1) * MC).min(m);
-        let cols = cb * NC..((cb + 1) * NC).min(n);
+        let cols = cb * nc..((cb + 1) * nc).min(n);
         // SAFETY: tiles of distinct tasks are disjoint; the caller vouches for the rest.
         unsafe { block(dst, dst_rs, a, b, rows, cols, accumulate, path) };
     };
