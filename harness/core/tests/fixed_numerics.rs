@@ -1,4 +1,4 @@
-//! Fixed numerics end to end (`PROTBENCH_NUMERICS=fixed`): a few training steps of ResNet-20
+//! Fixed numerics (the default) end to end: a few training steps of ResNet-20
 //! and of the small VGG give bit-identical weights under every f32 kernel this CPU has
 //! (portable, AVX2, AVX-512) and on 1, 2 and 3 threads, so a table made on one machine is
 //! reproduced on another whatever its instruction set. Its own test binary, since the mode is
